@@ -15,6 +15,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'nanollama.attention.KVCache.reset': ('attention.html#kvcache.reset', 'nanollama/attention.py'),
                                      'nanollama.attention.KVCache.update': ('attention.html#kvcache.update', 'nanollama/attention.py'),
                                      'nanollama.attention.causal_attention': ('attention.html#causal_attention', 'nanollama/attention.py')},
+            'nanollama.common': { 'nanollama.common.atomic_write': ('common.html#atomic_write', 'nanollama/common.py'),
+                                  'nanollama.common.base_dir': ('common.html#base_dir', 'nanollama/common.py')},
             'nanollama.llama': { 'nanollama.llama.Block': ('llama.html#block', 'nanollama/llama.py'),
                                  'nanollama.llama.Block.__init__': ('llama.html#block.__init__', 'nanollama/llama.py'),
                                  'nanollama.llama.Block.forward': ('llama.html#block.forward', 'nanollama/llama.py'),
