@@ -6,7 +6,7 @@
 __all__ = ['PRESETS', 'LlamaConfig', 'Block', 'chunked_cross_entropy', 'LinearCrossEntropy', 'linear_cross_entropy', 'Llama',
            'series_table', 'main']
 
-# %% ../nbs/05_llama.ipynb #e719b451
+# %% ../nbs/05_llama.ipynb #8b4ec9a4
 import math
 from dataclasses import dataclass, fields, replace
 import torch
@@ -19,7 +19,7 @@ from .rope import rope_cache
 from .attention import Attention, KVCache
 from .swiglu import SwiGLU, swiglu_hidden_dim
 
-# %% ../nbs/05_llama.ipynb #f7d4748b
+# %% ../nbs/05_llama.ipynb #64ed2e92
 @dataclass(frozen=True)
 class LlamaConfig:
     "The shape of a Llama model. `head_dim` and `hidden_dim` are derived."
@@ -54,7 +54,7 @@ class LlamaConfig:
     @property
     def hidden_dim(self) -> int: return swiglu_hidden_dim(self.n_embd, self.multiple_of, self.ffn_dim_multiplier)
 
-# %% ../nbs/05_llama.ipynb #10f9fd52
+# %% ../nbs/05_llama.ipynb #ef5a0af7
 PRESETS = {  # name: (n_layer, n_embd, n_head, n_kv_head), the seed's series
     "nano": (6, 384, 6, 2), "micro": (12, 512, 8, 2), "mini": (16, 768, 12, 4),
     "small": (24, 1024, 16, 4), "medium": (32, 2048, 32, 8), "large": (32, 3200, 32, 8),
@@ -75,7 +75,7 @@ def preset(cls: LlamaConfig, name: str, **overrides) -> LlamaConfig:
     n_layer, n_embd, n_head, n_kv_head = PRESETS[name]
     return cls(**{**dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_kv_head=n_kv_head), **overrides})
 
-# %% ../nbs/05_llama.ipynb #e98de6eb
+# %% ../nbs/05_llama.ipynb #fe69ac21
 class Block(nn.Module):
     "A pre-norm transformer block: `x + attn(norm(x))`, then `x + mlp(norm(x))`."
     def __init__(self, config: LlamaConfig, layer_idx: int):
@@ -88,10 +88,10 @@ class Block(nn.Module):
         x = x + self.attn(rms_norm(x, self.norm_eps), cos, sin, cache)
         return x + self.mlp(rms_norm(x, self.norm_eps))
 
-# %% ../nbs/05_llama.ipynb #901ff4c1
+# %% ../nbs/05_llama.ipynb #c60a067b
 def chunked_cross_entropy(h, w, targets, softcap: float = 0.0, grads: bool = True):
     "Summed cross-entropy of `softcap(h @ w.T)` one chunk of rows at a time; with `grads`, also its gradients for `h` and `w`."
-    chunk = max(1, 2**23 // w.size(0))  # about 8M logits per chunk: 256 rows at a 32000 vocabulary
+    chunk = max(1, 2**22 // w.size(0))  # 4M float32 logits (16 MiB) per chunk: 131 rows at a 32000 vocabulary
     keep = (targets != -1).unsqueeze(1)
     h_in = h / softcap if softcap else h  # cap(z) = c·tanh(z/c): fold the 1/c into the small side of the matmul
     total = torch.zeros((), dtype=torch.float32, device=h.device)
@@ -100,15 +100,17 @@ def chunked_cross_entropy(h, w, targets, softcap: float = 0.0, grads: bool = Tru
         ts, ks = targets[s:s + chunk].clamp(min=0).unsqueeze(1), keep[s:s + chunk]
         z = (h_in[s:s + chunk] @ w.T).float()
         if softcap: t = z.tanh_(); z = t * softcap
-        lse = torch.logsumexp(z, dim=-1, keepdim=True)
-        total += ((lse - z.gather(1, ts)) * ks).sum()
+        target_logit, zmax = z.gather(1, ts), z.amax(dim=-1, keepdim=True)
+        e = z.sub_(zmax).exp_()  # exp(z - max), written over z: one pass serves the loss and the gradient
+        e_sum = e.sum(dim=-1, keepdim=True)
+        total += ((zmax + e_sum.log() - target_logit) * ks).sum()  # logsumexp(z) - z[target]
         if not grads: continue
-        g = z.sub_(lse).exp_()  # softmax, written over z
+        g = e.div_(e_sum)  # softmax
         g.scatter_add_(1, ts, -torch.ones_like(ts, dtype=g.dtype))  # minus one-hot
         if softcap: g.addcmul_(g, t.square_(), value=-1)  # times the cap's derivative, 1 - tanh²
-        g = g.to(h.dtype)
+        g = g.to(w.dtype)
         grad_h[s:s + chunk] = (g @ w) * ks
-        grad_w += g.T @ (h[s:s + chunk] * ks)
+        grad_w.addmm_(g.T, (h[s:s + chunk] * ks).to(w.dtype))  # in place: no (vocab, width) temporary
     return total, grad_h, grad_w
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -130,7 +132,7 @@ def linear_cross_entropy(h, w, targets, softcap: float = 0.0, reduction: str = "
     else: total = chunked_cross_entropy(h, w, targets, softcap, grads=False)[0]
     return total / (targets != -1).sum().clamp(min=1) if reduction == "mean" else total
 
-# %% ../nbs/05_llama.ipynb #46ae2d41
+# %% ../nbs/05_llama.ipynb #14e401ac
 class Llama(nn.Module):
     "Llama 3: token embedding, `n_layer` pre-norm blocks, final RMSNorm, untied output head, optional soft-cap."
     def __init__(self, config: LlamaConfig):
@@ -205,7 +207,7 @@ class Llama(nn.Module):
             if i + 1 < max_new_tokens: logits = self(nxt, cache=cache)[:, -1]
         return torch.cat(out, dim=1)
 
-# %% ../nbs/05_llama.ipynb #8f52c3bb
+# %% ../nbs/05_llama.ipynb #dcd4c15f
 def series_table(names=tuple(PRESETS), seq_len: int = 2048, **overrides) -> str:
     "A markdown table of the named presets with real parameter counts, KV-cache bytes and FLOPs per token."
     rows = ["| model | depth | width | heads | KV heads | FFN | params | non-embedding | KV cache (bf16) | GFLOP/token |",
@@ -219,7 +221,7 @@ def series_table(names=tuple(PRESETS), seq_len: int = 2048, **overrides) -> str:
                     f"{kv / 1024:.0f} KiB/token | {m.flops_per_token(seq_len) / 1e9:.2f} |")
     return "\n".join(rows)
 
-# %% ../nbs/05_llama.ipynb #acfc1691
+# %% ../nbs/05_llama.ipynb #a16e9e1e
 @call_parse
 def main(depth: int = None,  # print the configuration `--depth` derives instead of the preset series
          seq_len: int = 2048,  # sequence length used for FLOPs per token
