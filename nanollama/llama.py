@@ -6,7 +6,7 @@
 __all__ = ['PRESETS', 'LlamaConfig', 'Block', 'chunked_cross_entropy', 'LinearCrossEntropy', 'linear_cross_entropy', 'Llama',
            'series_table', 'main']
 
-# %% ../nbs/05_llama.ipynb #8b4ec9a4
+# %% ../nbs/05_llama.ipynb #419efd52
 import math
 from dataclasses import dataclass, fields, replace
 import torch
@@ -19,7 +19,7 @@ from .rope import rope_cache
 from .attention import Attention, KVCache
 from .swiglu import SwiGLU, swiglu_hidden_dim
 
-# %% ../nbs/05_llama.ipynb #64ed2e92
+# %% ../nbs/05_llama.ipynb #08527faa
 @dataclass(frozen=True)
 class LlamaConfig:
     "The shape of a Llama model. `head_dim` and `hidden_dim` are derived."
@@ -54,7 +54,7 @@ class LlamaConfig:
     @property
     def hidden_dim(self) -> int: return swiglu_hidden_dim(self.n_embd, self.multiple_of, self.ffn_dim_multiplier)
 
-# %% ../nbs/05_llama.ipynb #ef5a0af7
+# %% ../nbs/05_llama.ipynb #d8818f5d
 PRESETS = {  # name: (n_layer, n_embd, n_head, n_kv_head), the seed's series
     "nano": (6, 384, 6, 2), "micro": (12, 512, 8, 2), "mini": (16, 768, 12, 4),
     "small": (24, 1024, 16, 4), "medium": (32, 2048, 32, 8), "large": (32, 3200, 32, 8),
@@ -75,7 +75,7 @@ def preset(cls: LlamaConfig, name: str, **overrides) -> LlamaConfig:
     n_layer, n_embd, n_head, n_kv_head = PRESETS[name]
     return cls(**{**dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_kv_head=n_kv_head), **overrides})
 
-# %% ../nbs/05_llama.ipynb #fe69ac21
+# %% ../nbs/05_llama.ipynb #99f6fc96
 class Block(nn.Module):
     "A pre-norm transformer block: `x + attn(norm(x))`, then `x + mlp(norm(x))`."
     def __init__(self, config: LlamaConfig, layer_idx: int):
@@ -88,7 +88,7 @@ class Block(nn.Module):
         x = x + self.attn(rms_norm(x, self.norm_eps), cos, sin, cache)
         return x + self.mlp(rms_norm(x, self.norm_eps))
 
-# %% ../nbs/05_llama.ipynb #c60a067b
+# %% ../nbs/05_llama.ipynb #77956c77
 def chunked_cross_entropy(h, w, targets, softcap: float = 0.0, grads: bool = True):
     "Summed cross-entropy of `softcap(h @ w.T)` one chunk of rows at a time; with `grads`, also its gradients for `h` and `w`."
     chunk = max(1, 2**22 // w.size(0))  # 4M float32 logits (16 MiB) per chunk: 131 rows at a 32000 vocabulary
@@ -132,7 +132,7 @@ def linear_cross_entropy(h, w, targets, softcap: float = 0.0, reduction: str = "
     else: total = chunked_cross_entropy(h, w, targets, softcap, grads=False)[0]
     return total / (targets != -1).sum().clamp(min=1) if reduction == "mean" else total
 
-# %% ../nbs/05_llama.ipynb #14e401ac
+# %% ../nbs/05_llama.ipynb #0f389933
 class Llama(nn.Module):
     "Llama 3: token embedding, `n_layer` pre-norm blocks, final RMSNorm, untied output head, optional soft-cap."
     def __init__(self, config: LlamaConfig):
@@ -141,10 +141,14 @@ class Llama(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.n_embd)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        cos, sin = rope_cache(config.max_seq_len, config.head_dim, config.rope_theta)
+        self.init_rope()
+        self.init_weights()
+
+    def init_rope(self):
+        "(Re)compute the RoPE tables: buffers derived from the config, not saved with the weights."
+        cos, sin = rope_cache(self.config.max_seq_len, self.config.head_dim, self.config.rope_theta)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
-        self.init_weights()
 
     @torch.no_grad()
     def init_weights(self):
@@ -207,7 +211,7 @@ class Llama(nn.Module):
             if i + 1 < max_new_tokens: logits = self(nxt, cache=cache)[:, -1]
         return torch.cat(out, dim=1)
 
-# %% ../nbs/05_llama.ipynb #dcd4c15f
+# %% ../nbs/05_llama.ipynb #cea1cc9d
 def series_table(names=tuple(PRESETS), seq_len: int = 2048, **overrides) -> str:
     "A markdown table of the named presets with real parameter counts, KV-cache bytes and FLOPs per token."
     rows = ["| model | depth | width | heads | KV heads | FFN | params | non-embedding | KV cache (bf16) | GFLOP/token |",
@@ -221,7 +225,7 @@ def series_table(names=tuple(PRESETS), seq_len: int = 2048, **overrides) -> str:
                     f"{kv / 1024:.0f} KiB/token | {m.flops_per_token(seq_len) / 1e9:.2f} |")
     return "\n".join(rows)
 
-# %% ../nbs/05_llama.ipynb #a16e9e1e
+# %% ../nbs/05_llama.ipynb #b8f2d867
 @call_parse
 def main(depth: int = None,  # print the configuration `--depth` derives instead of the preset series
          seq_len: int = 2048,  # sequence length used for FLOPs per token
