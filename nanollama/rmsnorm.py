@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['rms_norm']
 
-# %% ../nbs/01_rmsnorm.ipynb #a1bb0954
+# %% ../nbs/01_rmsnorm.ipynb #e7422e56
 import torch
 import torch.nn.functional as F
 
-# %% ../nbs/01_rmsnorm.ipynb #254980d6
+# %% ../nbs/01_rmsnorm.ipynb #3b11e0c5
 def rms_norm(x, eps: float = 1e-5):
     "Parameter-free RMSNorm over the last dimension: `x / sqrt(mean(x**2) + eps)`."
     return F.rms_norm(x, (x.size(-1),), eps=eps)
