@@ -13,6 +13,8 @@ python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0          # the CPU build; an unpinned torch pulls GBs of CUDA packages
 python -m pip install -q -e ".[dev]"
 
+# Outside tools that the integration tests check against (one block each; keep them idempotent).
+
 echo "== lessons and package in sync"
 if git rev-parse --git-dir >/dev/null 2>&1; then
   nbdev-clean
