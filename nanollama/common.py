@@ -5,18 +5,18 @@
 # %% auto #0
 __all__ = ['base_dir', 'atomic_write']
 
-# %% ../nbs/00_common.ipynb #935a1ea7
+# %% ../nbs/00_common.ipynb #bf9db570
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-# %% ../nbs/00_common.ipynb #8daca8af
+# %% ../nbs/00_common.ipynb #20ff8dfa
 def base_dir() -> Path:
     "Where nanollama keeps tokenizers, data and checkpoints: `$NANOLLAMA_BASE_DIR`, else `~/.cache/nanollama`."
     return Path(os.environ.get("NANOLLAMA_BASE_DIR") or Path.home() / ".cache" / "nanollama")
 
-# %% ../nbs/00_common.ipynb #1bf164da
+# %% ../nbs/00_common.ipynb #cb531cde
 @contextmanager
 def atomic_write(path, mode: str = "wb"):
     "Open a temporary file beside `path` for writing; when the block succeeds, rename it over `path`."
@@ -28,6 +28,8 @@ def atomic_write(path, mode: str = "wb"):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0); os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private (0600); give it what open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
