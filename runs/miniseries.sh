@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The model series on one 8-GPU node: depths 6 to 20 (nano ... d20), each trained compute-optimally (20 tokens per
+# parameter) on FineWeb-Edu; one checkpoint tag per depth (d6, d8, ...). Needs speedrun.sh's tokenizer and shards.
+# DRY_RUN=1 bash runs/miniseries.sh prints each run's derived configuration instead of training.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NPROC=${NPROC:-8}
+if [ -n "${DRY_RUN:-}" ]; then LAUNCH=(env WORLD_SIZE="$NPROC" python); CHECK=(--dry-run); else LAUNCH=(torchrun --standalone --nproc_per_node="$NPROC"); CHECK=(); fi
+for DEPTH in ${DEPTHS:-6 8 10 12 14 16 18 20}; do
+  echo "== depth $DEPTH"
+  "${LAUNCH[@]}" -m nanollama.base_train --depth="$DEPTH" --source=fineweb-edu --seq-len=2048 --device-batch-size=32 \
+      --eval-every=500 --sample-every=0 --save-every=0 --model-tag="d$DEPTH" "${CHECK[@]}"
+done
