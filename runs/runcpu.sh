@@ -14,9 +14,10 @@ python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0          # the CPU build; an unpinned torch pulls GBs of CUDA packages
 python -m pip install -q -e .
 
-echo "== tokenizer: 4096 tokens, trained on the embedded corpus"
-python -m nanollama.tok_train --vocab-size=4096
+. runs/cpu_flags.sh
+
+echo "== tokenizer: $CPU_VOCAB tokens, trained on the embedded corpus"
+python -m nanollama.tok_train --vocab-size="$CPU_VOCAB"
 
 echo "== pretraining for $MINUTES minutes on this CPU"
-python -m nanollama.base_train --depth=3 --seq-len=256 --device-batch-size=16 --total-batch-size=8192 \
-    --time-budget="$MINUTES" --eval-every=200 --eval-tokens=131072 --sample-every=0 --save-every=500 --model-tag=base
+python -m nanollama.base_train "${CPU_FLAGS[@]}" --eval-every=200 --save-every=500 --model-tag=base
