@@ -1,40 +1,22 @@
 """Parity with Hugging Face `transformers`: our weights copied into `LlamaForCausalLM` (QK-norm off) and
 `Qwen3ForCausalLM` (QK-norm on, per-head q/k RMSNorm with unit weights) must give the same logits and the same
-greedy continuation. This is the proof that our model *is* Llama 3 (or Qwen3) and not merely similar to it."""
+greedy continuation. This is the proof that our model *is* Llama 3 (or Qwen3) and not merely similar to it. The
+config and the weight mapping are the Hugging Face export's (`nanollama.export_hf`), so this also tests the export."""
 from dataclasses import replace
 
 import pytest
 import torch
-from transformers import LlamaConfig as HFLlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
+from nanollama.export_hf import hf_config, hf_state_dict
 from nanollama.llama import Llama, LlamaConfig
 
 TINY = LlamaConfig(vocab_size=512, n_layer=3, n_embd=128, n_head=4, n_kv_head=2, max_seq_len=128)
 
 
 def hf_model(c: LlamaConfig):
-    "The `transformers` model with `c`'s shapes: Llama without QK-norm, Qwen3 with it."
-    shared = dict(vocab_size=c.vocab_size, hidden_size=c.n_embd, intermediate_size=c.hidden_dim,
-                  num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head,
-                  head_dim=c.head_dim, max_position_embeddings=c.max_seq_len, rms_norm_eps=c.norm_eps,
-                  rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
-                  tie_word_embeddings=False, attention_bias=False)
-    if c.qk_norm: return Qwen3ForCausalLM._from_config(Qwen3Config(**shared, use_sliding_window=False), attn_implementation="eager")
-    return LlamaForCausalLM._from_config(HFLlamaConfig(**shared, mlp_bias=False), attn_implementation="eager")
-
-
-def hf_state_dict(model: Llama) -> dict:
-    "Our weights under Hugging Face's names, with unit weights for the norms our model leaves parameter-free."
-    sd = {"model.embed_tokens.weight": model.embed_tokens.weight, "lm_head.weight": model.lm_head.weight,
-          "model.norm.weight": torch.ones(model.config.n_embd)}
-    for i, block in enumerate(model.layers):
-        p = f"model.layers.{i}."
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"): sd[p + f"self_attn.{name}.weight"] = getattr(block.attn, name).weight
-        for name in ("gate_proj", "up_proj", "down_proj"): sd[p + f"mlp.{name}.weight"] = getattr(block.mlp, name).weight
-        sd[p + "input_layernorm.weight"] = sd[p + "post_attention_layernorm.weight"] = torch.ones(model.config.n_embd)
-        if model.config.qk_norm:
-            sd[p + "self_attn.q_norm.weight"] = sd[p + "self_attn.k_norm.weight"] = torch.ones(model.config.head_dim)
-    return sd
+    "The `transformers` model the HF export writes for `c`: Llama without QK-norm, Qwen3 with it."
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(**hf_config(c)), attn_implementation="eager")
 
 
 def twins(config: LlamaConfig, seed=0):
