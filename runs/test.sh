@@ -15,7 +15,7 @@ python -m pip install -q -e ".[dev]"
 
 # Outside tools that the integration tests check against (one block each; keep them idempotent).
 # llama.cpp, through llama-cpp-python (built from source: ~5-15 min on 2 cores, then cached by pip), for the GGUF tests.
-python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="-DGGML_NATIVE=OFF" python -m pip install -q llama-cpp-python==0.3.36
+bash runs/install_llama_cpp.sh
 # Chromium and its WebDriver, from Debian (never a downloaded browser build), for the chat page test.
 command -v chromium >/dev/null && command -v chromedriver >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
 
