@@ -6,7 +6,7 @@
 __all__ = ['PRESETS', 'LlamaConfig', 'Block', 'chunked_cross_entropy', 'LinearCrossEntropy', 'linear_cross_entropy', 'Llama',
            'series_table', 'main']
 
-# %% ../nbs/05_llama.ipynb #419efd52
+# %% ../nbs/05_llama.ipynb #460ca4fc
 import math
 from dataclasses import dataclass, fields, replace
 import torch
@@ -19,7 +19,7 @@ from .rope import rope_cache
 from .attention import Attention, KVCache
 from .swiglu import SwiGLU, swiglu_hidden_dim
 
-# %% ../nbs/05_llama.ipynb #08527faa
+# %% ../nbs/05_llama.ipynb #c9a899aa
 @dataclass(frozen=True)
 class LlamaConfig:
     "The shape of a Llama model. `head_dim` and `hidden_dim` are derived."
@@ -54,7 +54,7 @@ class LlamaConfig:
     @property
     def hidden_dim(self) -> int: return swiglu_hidden_dim(self.n_embd, self.multiple_of, self.ffn_dim_multiplier)
 
-# %% ../nbs/05_llama.ipynb #d8818f5d
+# %% ../nbs/05_llama.ipynb #be4bc2a9
 PRESETS = {  # name: (n_layer, n_embd, n_head, n_kv_head), the seed's series
     "nano": (6, 384, 6, 2), "micro": (12, 512, 8, 2), "mini": (16, 768, 12, 4),
     "small": (24, 1024, 16, 4), "medium": (32, 2048, 32, 8), "large": (32, 3200, 32, 8),
@@ -75,7 +75,7 @@ def preset(cls: LlamaConfig, name: str, **overrides) -> LlamaConfig:
     n_layer, n_embd, n_head, n_kv_head = PRESETS[name]
     return cls(**{**dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_kv_head=n_kv_head), **overrides})
 
-# %% ../nbs/05_llama.ipynb #99f6fc96
+# %% ../nbs/05_llama.ipynb #298158cd
 class Block(nn.Module):
     "A pre-norm transformer block: `x + attn(norm(x))`, then `x + mlp(norm(x))`."
     def __init__(self, config: LlamaConfig, layer_idx: int):
@@ -88,7 +88,7 @@ class Block(nn.Module):
         x = x + self.attn(rms_norm(x, self.norm_eps), cos, sin, cache)
         return x + self.mlp(rms_norm(x, self.norm_eps))
 
-# %% ../nbs/05_llama.ipynb #77956c77
+# %% ../nbs/05_llama.ipynb #40e713e1
 def chunked_cross_entropy(h, w, targets, softcap: float = 0.0, grads: bool = True):
     "Summed cross-entropy of `softcap(h @ w.T)` one chunk of rows at a time; with `grads`, also its gradients for `h` and `w`."
     chunk = max(1, 2**22 // w.size(0))  # 4M float32 logits (16 MiB) per chunk: 131 rows at a 32000 vocabulary
@@ -132,7 +132,7 @@ def linear_cross_entropy(h, w, targets, softcap: float = 0.0, reduction: str = "
     else: total = chunked_cross_entropy(h, w, targets, softcap, grads=False)[0]
     return total / (targets != -1).sum().clamp(min=1) if reduction == "mean" else total
 
-# %% ../nbs/05_llama.ipynb #0f389933
+# %% ../nbs/05_llama.ipynb #b79757bc
 class Llama(nn.Module):
     "Llama 3: token embedding, `n_layer` pre-norm blocks, final RMSNorm, untied output head, optional soft-cap."
     def __init__(self, config: LlamaConfig):
@@ -195,23 +195,16 @@ class Llama(nn.Module):
         return KVCache(c.n_layer, batch_size, c.n_kv_head, c.head_dim, max_len or c.max_seq_len, w.dtype, w.device)
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None, generator=None):
-        "Continue `idx` `(B, T)` by `max_new_tokens` tokens using a KV cache; `temperature=0` is greedy."
+    def generate(self, idx, max_new_tokens: int):
+        "Greedy continuation of `idx` `(B, T)` by `max_new_tokens` tokens, with a KV cache (sampling: lesson 14's engine)."
         cache = self.new_cache(idx.size(0), idx.size(1) + max_new_tokens)
         logits, out = self(idx, cache=cache)[:, -1], [idx]
         for i in range(max_new_tokens):
-            if temperature == 0: nxt = logits.argmax(-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = logits.topk(min(top_k, logits.size(-1))).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)
-            out.append(nxt)
-            if i + 1 < max_new_tokens: logits = self(nxt, cache=cache)[:, -1]
+            out.append(logits.argmax(-1, keepdim=True))
+            if i + 1 < max_new_tokens: logits = self(out[-1], cache=cache)[:, -1]
         return torch.cat(out, dim=1)
 
-# %% ../nbs/05_llama.ipynb #cea1cc9d
+# %% ../nbs/05_llama.ipynb #9072a543
 def series_table(names=tuple(PRESETS), seq_len: int = 2048, **overrides) -> str:
     "A markdown table of the named presets with real parameter counts, KV-cache bytes and FLOPs per token."
     rows = ["| model | depth | width | heads | KV heads | FFN | params | non-embedding | KV cache (bf16) | GFLOP/token |",
@@ -225,7 +218,7 @@ def series_table(names=tuple(PRESETS), seq_len: int = 2048, **overrides) -> str:
                     f"{kv / 1024:.0f} KiB/token | {m.flops_per_token(seq_len) / 1e9:.2f} |")
     return "\n".join(rows)
 
-# %% ../nbs/05_llama.ipynb #b8f2d867
+# %% ../nbs/05_llama.ipynb #dd62442a
 @call_parse
 def main(depth: int = None,  # print the configuration `--depth` derives instead of the preset series
          seq_len: int = 2048,  # sequence length used for FLOPs per token

@@ -1,0 +1,104 @@
+"""The inference engine: incremental decoding equals a full forward pass, the KV cache is exactly as large as GQA says,
+sampling obeys its settings and its seed, samples stop at <|eot_id|>, and the context window is handled, not hit."""
+import pytest
+import torch
+
+from nanollama.engine import Engine, TextStream, load_engine, sample_next
+from nanollama.llama import PRESETS, Llama, LlamaConfig
+from conftest import PAYLOAD, random_model
+
+
+@pytest.fixture(scope="module")
+def engines(chat_base_dir):
+    "The `html` and `babble` engines, loaded by model tag as the commands load them."
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NANOLLAMA_BASE_DIR", str(chat_base_dir))
+        yield load_engine("html", device="cpu"), load_engine("babble", device="cpu")
+
+
+@pytest.mark.parametrize("qk_norm,softcap", [(True, 15.0), (False, 0.0)])
+def test_incremental_decoding_equals_full_forward(qk_norm, softcap):
+    model = random_model(qk_norm, softcap, vocab_size=300)
+    model.lm_head.weight.data.mul_(0.25)  # logits of a few units, like a trained model's, so 1e-5 is float32 rounding
+    seq = torch.randint(0, 300, (3, 80), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(seq)
+        cache = model.new_cache(3, 80)
+        steps = [model(seq[:, :17], cache=cache)] + [model(seq[:, t:t + 1], cache=cache) for t in range(17, 80)]
+    assert full.dtype == torch.float32 and full.abs().max() > 1
+    assert (torch.cat(steps, 1) - full).abs().max().item() <= 1e-5
+
+
+def test_engine_greedy_is_argmax_of_full_forward(engines):
+    _, babble = engines
+    prompt = babble.tokenizer.render_for_completion([{"role": "user", "content": "Speak, friend."}])
+    out = babble.generate(prompt, temperature=0, max_tokens=40)[0]
+    with torch.no_grad(): logits = babble.model(torch.tensor([prompt + out]))
+    assert logits[0, len(prompt) - 1:-1].argmax(-1).tolist() == out
+    assert babble.generate(prompt, num_samples=4, temperature=0, max_tokens=40) == [out] * 4  # one prefill, forked
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kv_cache_bytes_per_token(name, dtype):
+    c = LlamaConfig.preset(name)
+    with torch.device("meta"): model = Llama(c).to(dtype)
+    cache = model.new_cache(batch_size=1, max_len=1000)
+    per_token = 2 * c.n_layer * c.n_kv_head * c.head_dim * dtype.itemsize
+    assert cache.nbytes == per_token * 1000
+    assert cache.nbytes * (c.n_head // c.n_kv_head) == 2 * c.n_layer * c.n_head * c.head_dim * dtype.itemsize * 1000  # vs MHA
+    assert model.new_cache(batch_size=4, max_len=1000).nbytes == 4 * cache.nbytes
+
+
+def test_sampling_settings():
+    z = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0, -2.0]]).expand(5000, -1)
+    g = lambda: torch.Generator().manual_seed(0)
+    assert (sample_next(z, temperature=0) == 0).all()
+    assert set(sample_next(z, top_k=2, generator=g()).tolist()) == {0, 1}
+    p = z[0].softmax(-1)  # 0.63, 0.23, 0.086, ...: top_p=0.8 keeps the first two, 0.9 three
+    assert set(sample_next(z, top_p=0.8, generator=g()).tolist()) == {0, 1}
+    assert set(sample_next(z, top_p=0.9, generator=g()).tolist()) == {0, 1, 2}
+    freq = torch.bincount(sample_next(z, generator=g()), minlength=6) / 5000
+    assert (freq - p).abs().max() < 0.03
+    hot = torch.bincount(sample_next(z, temperature=3.0, generator=g()), minlength=6) / 5000
+    assert hot[0] < freq[0] and hot[5] > freq[5]
+    assert sample_next(z, generator=g()).tolist() == sample_next(z, generator=g()).tolist()
+
+
+def test_seeds_samples_and_stopping(engines):
+    html, babble = engines
+    prompt = html.tokenizer.render_for_completion([{"role": "user", "content": "hi"}])
+    reply = html.generate(prompt, temperature=0)[0]
+    assert reply[-1] == html.tokenizer.eot_id and html.tokenizer.decode(reply[:-1]) == PAYLOAD
+    runs = [babble.generate(prompt, num_samples=6, temperature=1.0, max_tokens=30, seed=s) for s in (1, 1, 2)]
+    assert runs[0] == runs[1] != runs[2]
+    assert len({tuple(s) for s in runs[0]}) == 6 and all(len(s) == 30 for s in runs[0])
+    steps = list(html.stream(prompt, num_samples=3, temperature=0))  # all stop together, then the stream ends
+    assert len(steps) == len(reply) and all(t == [reply[i]] * 3 for i, t in enumerate(steps))
+
+
+def test_context_window_is_handled(engines):
+    _, babble = engines
+    n = babble.max_len
+    ids = [10 + i % 400 for i in range(n)]
+    assert len(babble.generate(ids[:-3], temperature=0, max_tokens=100)[0]) == 3
+    with pytest.raises(ValueError, match="no room"): babble.generate(ids)
+    turns = [{"role": r, "content": f"turn {i} " + "words " * 200} for i in range(30) for r in ("user", "assistant")]
+    messages = [{"role": "system", "content": "Be brief."}, *turns, {"role": "user", "content": "last question"}]
+    assert len(babble.tokenizer.render_for_completion(messages)) > 3 * n
+    ids, room = babble.fit_prompt(messages, max_tokens=300)
+    text = babble.tokenizer.decode(ids)
+    assert room == 300 and len(ids) + room <= n and "Be brief." in text and "last question" in text and "turn 0 " not in text
+    reply = "".join(babble.chat(messages, max_tokens=300, temperature=0))
+    assert len(reply) > 0
+    ids, room = babble.fit_prompt([{"role": "user", "content": "x " * 5000 + "the end"}], max_tokens=10**6)
+    assert len(ids) + room == n and room == n // 2 and babble.tokenizer.decode(ids).endswith("the end<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    with pytest.raises(ValueError, match="end with a user message"): babble.fit_prompt([{"role": "assistant", "content": "hi"}])
+
+
+def test_text_stream_holds_back_partial_characters(engines):
+    tok = engines[0].tokenizer
+    text = "naïve 東京 🙂 done"
+    s = TextStream(tok)
+    pieces = [s.push(i) for i in tok.encode(text) + [tok.eot_id]]
+    assert "".join(pieces) == text and "\ufffd" not in "".join(pieces)
