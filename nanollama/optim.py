@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['orthogonalize', 'Muon', 'build_optimizers']
 
-# %% ../nbs/06_optim.ipynb #32bf074f
+# %% ../nbs/06_optim.ipynb #61fdd2ce
 import torch
 import torch.nn as nn
 from .llama import Llama
 
-# %% ../nbs/06_optim.ipynb #9791dfda
+# %% ../nbs/06_optim.ipynb #f1cf2c61
 def orthogonalize(G, steps: int = 5, eps: float = 1e-7):
     "Approximately replace `G = U S V^T` by `U V^T` with Muon's quintic Newton–Schulz iteration."
     a, b, c = 3.4445, -4.7750, 2.0315
@@ -23,7 +23,7 @@ def orthogonalize(G, steps: int = 5, eps: float = 1e-7):
         X = a * X + (b * A + c * A @ A) @ X
     return (X.mT if tall else X).to(G.dtype)
 
-# %% ../nbs/06_optim.ipynb #62b7923c
+# %% ../nbs/06_optim.ipynb #50dba108
 class Muon(torch.optim.Optimizer):
     "Momentum SGD whose update for each 2-D parameter is orthogonalised by Newton–Schulz."
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
@@ -43,7 +43,7 @@ class Muon(torch.optim.Optimizer):
                 if group["weight_decay"]: p.mul_(1 - lr * group["weight_decay"])
                 p.add_(update, alpha=-lr * max(1, p.size(-2) / p.size(-1)) ** 0.5)
 
-# %% ../nbs/06_optim.ipynb #95c64437
+# %% ../nbs/06_optim.ipynb #b7b472dc
 def build_optimizers(model: Llama, matrix_lr: float = 0.02, embedding_lr: float = 0.2, unembedding_lr: float = 0.004,
                      weight_decay: float = 0.0, adam_betas=(0.8, 0.95)):
     "Muon for the blocks' 2-D matrices, AdamW for the embedding, the head and any other parameter."
