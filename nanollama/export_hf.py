@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['hf_config', 'hf_state_dict', 'hf_tokenizer', 'write_hf', 'main']
 
-# %% ../nbs/21_export_hf.ipynb #8f8d5d3d
+# %% ../nbs/21_export_hf.ipynb #0756754a
 import json
 import os
 import shutil
@@ -15,11 +15,11 @@ import torch
 from fastcore.script import call_parse
 from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, normalizers, processors
-from .export_gguf import LLAMA3_CHAT_TEMPLATE, load_for_export, run_export, warn_softcap
+from .export_gguf import load_for_export, run_export, warn_softcap
 from .llama import Llama, LlamaConfig
-from .tokenizer import SPACE, SPECIAL_TOKENS, Tokenizer
+from .tokenizer import LLAMA3_CHAT_TEMPLATE, SPACE, SPECIAL_TOKENS, Tokenizer
 
-# %% ../nbs/21_export_hf.ipynb #d010e3bd
+# %% ../nbs/21_export_hf.ipynb #147341f3
 def hf_config(c: LlamaConfig, bos_id: int = 1, eos_id: int = 5) -> dict:
     "The `config.json` of the `transformers` model that computes what a model with config `c` computes: Llama, or Qwen3 with QK-norm."
     out = dict(architectures=["Qwen3ForCausalLM" if c.qk_norm else "LlamaForCausalLM"], model_type="qwen3" if c.qk_norm else "llama",
@@ -31,7 +31,7 @@ def hf_config(c: LlamaConfig, bos_id: int = 1, eos_id: int = 5) -> dict:
                eos_token_id=eos_id, dtype="float32")
     return out | (dict(use_sliding_window=False, sliding_window=None) if c.qk_norm else dict(mlp_bias=False))
 
-# %% ../nbs/21_export_hf.ipynb #aea9fe52
+# %% ../nbs/21_export_hf.ipynb #78f67e26
 def hf_state_dict(model: Llama) -> dict[str, torch.Tensor]:
     "Our weights under Hugging Face's names, with unit weights for the norms our model leaves parameter-free."
     c, ones = model.config, lambda n: torch.ones(n)
@@ -44,7 +44,7 @@ def hf_state_dict(model: Llama) -> dict[str, torch.Tensor]:
         if c.qk_norm: sd[p + "self_attn.q_norm.weight"], sd[p + "self_attn.k_norm.weight"] = ones(c.head_dim), ones(c.head_dim)
     return sd
 
-# %% ../nbs/21_export_hf.ipynb #db09f6ac
+# %% ../nbs/21_export_hf.ipynb #afae3cb8
 def hf_tokenizer(tok: Tokenizer) -> HFTokenizer:
     "A `tokenizers` BPE tokenizer that gives our SentencePiece tokenizer's ids, with BOS first."
     sp = tok.sp
@@ -60,7 +60,7 @@ def hf_tokenizer(tok: Tokenizer) -> HFTokenizer:
     t.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
     return t
 
-# %% ../nbs/21_export_hf.ipynb #de27b3d4
+# %% ../nbs/21_export_hf.ipynb #a2c816c4
 def write_hf(model: Llama, tok: Tokenizer, out) -> Path:
     "Write `model` and its tokenizer as a Hugging Face folder `out` that `from_pretrained` loads; replaces an earlier export."
     out, c = Path(out), model.config
@@ -89,7 +89,7 @@ def write_hf(model: Llama, tok: Tokenizer, out) -> Path:
     if old is not None: shutil.rmtree(old)
     return out
 
-# %% ../nbs/21_export_hf.ipynb #3d961a78
+# %% ../nbs/21_export_hf.ipynb #c51e13dc
 @call_parse
 def main(model_tag: str = None,  # model to export: base, sft, rl, chat (rl, else sft); default: the most trained one
          step: int = None,  # the checkpoint step; default: the latest

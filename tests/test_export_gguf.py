@@ -17,7 +17,8 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 import nanollama.export_gguf as export_gguf
 from nanollama.checkpoint import save_checkpoint
 from nanollama.dataset import embedded_text
-from nanollama.export_gguf import LLAMA3_CHAT_TEMPLATE, main, write_gguf
+from nanollama.export_gguf import main, write_gguf
+from nanollama.tokenizer import LLAMA3_CHAT_TEMPLATE
 from nanollama.llama import Llama, LlamaConfig
 
 TEXTS = [
