@@ -202,6 +202,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'nanollama.optim': { 'nanollama.optim.Muon': ('optim.html#muon', 'nanollama/optim.py'),
                                  'nanollama.optim.Muon.__init__': ('optim.html#muon.__init__', 'nanollama/optim.py'),
                                  'nanollama.optim.Muon.step': ('optim.html#muon.step', 'nanollama/optim.py'),
+                                 'nanollama.optim.adamw_lr_scale': ('optim.html#adamw_lr_scale', 'nanollama/optim.py'),
                                  'nanollama.optim.build_optimizers': ('optim.html#build_optimizers', 'nanollama/optim.py'),
                                  'nanollama.optim.orthogonalize': ('optim.html#orthogonalize', 'nanollama/optim.py')},
             'nanollama.rmsnorm': {'nanollama.rmsnorm.rms_norm': ('rmsnorm.html#rms_norm', 'nanollama/rmsnorm.py')},

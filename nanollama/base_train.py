@@ -8,7 +8,7 @@ __all__ = ['GPU_PEAK_FLOPS', 'SAMPLE_PROMPTS', 'setting', 'TrainConfig', 'config
            'setup_device', 'params_agree', 'prepare_data', 'make_loaders', 'GPT2Block', 'GPT2', 'make_optimizers',
            'print0', 'describe', 'sample', 'train', 'main']
 
-# %% ../nbs/13_base_train.ipynb #c0dd59d1
+# %% ../nbs/13_base_train.ipynb #995fc4e2
 import argparse
 import math
 import os
@@ -27,10 +27,10 @@ from .checkpoint import checkpoints_dir, complete_steps, load_train_state, model
 from .dataloader import PERSONALITY_DIR, DataLoader, load_conversations, personality_tokens
 from .dataset import pretokenize, shard_paths, tokens_dir
 from .llama import Llama, LlamaConfig
-from .optim import Muon, build_optimizers
+from .optim import Muon, adamw_lr_scale, build_optimizers
 from .tokenizer import default_tokenizer_path, get_tokenizer
 
-# %% ../nbs/13_base_train.ipynb #cb2d4b4f
+# %% ../nbs/13_base_train.ipynb #75051216
 def setting(default, help: str):
     "A `TrainConfig` field with its command-line help."
     return field(default=default, metadata={"help": help})
@@ -82,7 +82,7 @@ class TrainConfig:
     seed: int = setting(42, "random seed (model init and data order)")
     dry_run: bool = setting(False, "print the derived configuration and exit (with WORLD_SIZE=N set: as on N devices)")
 
-# %% ../nbs/13_base_train.ipynb #d79cb2a5
+# %% ../nbs/13_base_train.ipynb #a056509e
 def _field_type(f):
     "The Python type a field's flag parses to (the first non-None part of `X | None`)."
     t = f.type if not isinstance(f.type, str) else eval(f.type)
@@ -98,7 +98,7 @@ def config_parser(cls=TrainConfig, description: str = "") -> argparse.ArgumentPa
         else: p.add_argument(flag, type=t, default=f.default, metavar=t.__name__.upper(), help=f.metadata["help"])
     return p
 
-# %% ../nbs/13_base_train.ipynb #0abbafb4
+# %% ../nbs/13_base_train.ipynb #6456c07b
 def batch_tokens_for(n_params: int) -> int:
     "Tokens per optimiser step: 524288 × sqrt(n_params / 560M), rounded to a power of two (at least 2^12)."
     return 2 ** max(12, round(math.log2(524288 * math.sqrt(n_params / 560e6))))
@@ -143,7 +143,7 @@ def check_config(tc: TrainConfig):
     for name in ("eval_every", "sample_every", "save_every"):
         if getattr(tc, name) < 0: raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(tc, name)}")
 
-# %% ../nbs/13_base_train.ipynb #c63d70b6
+# %% ../nbs/13_base_train.ipynb #51c00a7e
 def lr_multiplier(progress: float, warmup: float = 0.0, warmdown: float = 0.2, final: float = 0.0) -> float:
     "Trapezoid schedule on progress in [0, 1]: linear warmup, constant, linear warmdown to `final`."
     if progress < warmup: return (progress + 1e-9) / warmup
@@ -154,7 +154,7 @@ def muon_momentum(step: int) -> float:
     "Muon's momentum: 0.85 rising to 0.95 over the first 300 steps."
     return 0.85 + 0.10 * min(step / 300, 1.0)
 
-# %% ../nbs/13_base_train.ipynb #251da1fc
+# %% ../nbs/13_base_train.ipynb #af818c78
 GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}  # dense bf16
 
 def measure_cpu_peak_flops(n: int = 1024, seconds: float = 1.0) -> float:
@@ -174,7 +174,7 @@ def peak_flops(device: torch.device) -> float | None:
         return next((v for k, v in GPU_PEAK_FLOPS.items() if k in name), None)
     return None
 
-# %% ../nbs/13_base_train.ipynb #58141bee
+# %% ../nbs/13_base_train.ipynb #4ee10fcc
 @torch.no_grad()
 def evaluate_bpb(model, batches, token_bytes) -> float:
     "Validation bits per byte over `batches` of `(inputs, targets)`, summed across ranks."
@@ -187,7 +187,7 @@ def evaluate_bpb(model, batches, token_bytes) -> float:
     if dist.is_initialized(): dist.all_reduce(nats); dist.all_reduce(nbytes)
     return (nats / (math.log(2) * nbytes)).item()
 
-# %% ../nbs/13_base_train.ipynb #360fd45a
+# %% ../nbs/13_base_train.ipynb #e0f31e84
 def setup_device(tc: TrainConfig):
     "Join torchrun's process group if there is one; returns `(device, rank, world_size)`."
     kind = tc.device if tc.device != "auto" else "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
@@ -205,7 +205,7 @@ def params_agree(model) -> bool:
     dist.all_gather(gathered, s)
     return all(torch.equal(g, gathered[0]) for g in gathered)
 
-# %% ../nbs/13_base_train.ipynb #72a37336
+# %% ../nbs/13_base_train.ipynb #3b0c64f2
 def prepare_data(tc: TrainConfig, tokenizer, rank: int) -> Path:
     "The directory of token shards for `tc.source` and this tokenizer, tokenizing it first if needed (rank 0)."
     d = tokens_dir(tc.source, tokenizer)
@@ -228,7 +228,7 @@ def make_loaders(tc: TrainConfig, data_dir, tokenizer, rank: int, world: int, de
         return (next(loader) for _ in range(n_val))
     return train, val_batches
 
-# %% ../nbs/13_base_train.ipynb #aa194f99
+# %% ../nbs/13_base_train.ipynb #7db8c70d
 class GPT2Block(nn.Module):
     "GPT-2's pre-norm block: LayerNorm, multi-head attention, LayerNorm, 4× GELU MLP, all with biases."
     def __init__(self, d: int, n_head: int):
@@ -280,10 +280,13 @@ class GPT2(nn.Module):
 
 def make_optimizers(tc: TrainConfig, model) -> list:
     "Muon + AdamW for a Llama (lesson 06); AdamW for every parameter of the GPT-2 baseline."
-    if isinstance(model, GPT2): return [torch.optim.AdamW(model.parameters(), lr=tc.adamw_lr, betas=(0.9, 0.95), weight_decay=0.0)]
+    if isinstance(model, GPT2):
+        adamw = torch.optim.AdamW(model.parameters(), lr=tc.adamw_lr, betas=(0.9, 0.95), weight_decay=0.0)
+        adamw.param_groups[0]["initial_lr"] = tc.adamw_lr  # the schedule scales from this, as for build_optimizers' groups
+        return [adamw]
     return list(build_optimizers(model, tc.matrix_lr, tc.embedding_lr, tc.unembedding_lr, tc.weight_decay))
 
-# %% ../nbs/13_base_train.ipynb #363340ee
+# %% ../nbs/13_base_train.ipynb #1267ce8e
 SAMPLE_PROMPTS = ["To be, or not to be", "ROMEO.\n", "The meaning of life is"]
 
 def print0(*a, **kw):
@@ -295,7 +298,7 @@ def describe(tc: TrainConfig, plan: Plan, world: int, device) -> str:
     m = plan.model
     shape = (f"ffn {m.hidden_dim}, kv heads {m.n_kv_head}, qk_norm {m.qk_norm}, softcap {m.softcap}" if tc.arch == "llama"
              else "GPT-2 style: learned positions, LayerNorm, 4x GELU MLP, biases, tied embeddings")
-    lrs = (f"Muon {tc.matrix_lr}, embedding {tc.embedding_lr}, head {tc.unembedding_lr} (AdamW ones × {(m.n_embd / 768) ** -0.5:.3f} "
+    lrs = (f"Muon {tc.matrix_lr}, embedding {tc.embedding_lr}, head {tc.unembedding_lr} (AdamW ones × {adamw_lr_scale(m.n_embd):.3f} "
            f"for width {m.n_embd})" if tc.arch == "llama" else f"AdamW {tc.adamw_lr} for every parameter")
     lines = [f"device {device} × {world}",
              f"model: {tc.arch}, depth {m.n_layer}, width {m.n_embd}, heads {m.n_head}, vocab {m.vocab_size}, context {m.max_seq_len}, {shape}",
@@ -319,7 +322,7 @@ def sample(model, tokenizer, device, max_new_tokens: int = 48) -> list[str]:
         outs.append(tokenizer.decode(ids) + "|" + tokenizer.decode(out))
     return outs
 
-# %% ../nbs/13_base_train.ipynb #c06cf03c
+# %% ../nbs/13_base_train.ipynb #413b7ca4
 def train(tc: TrainConfig) -> list[dict]:
     "Run pretraining as `tc` says; returns the history of logged steps (rank 0)."
     check_config(tc)
@@ -394,7 +397,7 @@ def train(tc: TrainConfig) -> list[dict]:
         lr_scale = lr_multiplier(progress(), tc.warmup_ratio, tc.warmdown_ratio, tc.final_lr_frac)
         for opt in optimizers:
             for g in opt.param_groups:
-                g["lr"] = g.setdefault("initial_lr", g["lr"]) * lr_scale
+                g["lr"] = g["initial_lr"] * lr_scale
                 if isinstance(opt, Muon): g["momentum"] = muon_momentum(step)
         loss_sum = torch.zeros((), device=device)
         for micro in range(plan.grad_accum):
@@ -424,7 +427,7 @@ def train(tc: TrainConfig) -> list[dict]:
     if wandb_run: wandb_run.finish()
     return history
 
-# %% ../nbs/13_base_train.ipynb #5598f62d
+# %% ../nbs/13_base_train.ipynb #d56931b9
 def main(argv=None):
     "`python -m nanollama.base_train [--flags]`: pretrain a model."
     tc = TrainConfig(**vars(config_parser(TrainConfig, "Pretrain a nanollama model.").parse_args(argv)))
