@@ -6,7 +6,7 @@
 __all__ = ['PRESETS', 'LlamaConfig', 'Block', 'chunked_cross_entropy', 'LinearCrossEntropy', 'linear_cross_entropy', 'Llama',
            'series_table', 'main']
 
-# %% ../nbs/05_llama.ipynb #460ca4fc
+# %% ../nbs/05_llama.ipynb #b6026626
 import math
 from dataclasses import dataclass, fields, replace
 import torch
@@ -19,7 +19,7 @@ from .rope import rope_cache
 from .attention import Attention, KVCache
 from .swiglu import SwiGLU, swiglu_hidden_dim
 
-# %% ../nbs/05_llama.ipynb #c9a899aa
+# %% ../nbs/05_llama.ipynb #d59111ad
 @dataclass(frozen=True)
 class LlamaConfig:
     "The shape of a Llama model. `head_dim` and `hidden_dim` are derived."
@@ -54,7 +54,7 @@ class LlamaConfig:
     @property
     def hidden_dim(self) -> int: return swiglu_hidden_dim(self.n_embd, self.multiple_of, self.ffn_dim_multiplier)
 
-# %% ../nbs/05_llama.ipynb #be4bc2a9
+# %% ../nbs/05_llama.ipynb #6a07e3b5
 PRESETS = {  # name: (n_layer, n_embd, n_head, n_kv_head), the seed's series
     "nano": (6, 384, 6, 2), "micro": (12, 512, 8, 2), "mini": (16, 768, 12, 4),
     "small": (24, 1024, 16, 4), "medium": (32, 2048, 32, 8), "large": (32, 3200, 32, 8),
@@ -75,7 +75,7 @@ def preset(cls: LlamaConfig, name: str, **overrides) -> LlamaConfig:
     n_layer, n_embd, n_head, n_kv_head = PRESETS[name]
     return cls(**{**dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_kv_head=n_kv_head), **overrides})
 
-# %% ../nbs/05_llama.ipynb #298158cd
+# %% ../nbs/05_llama.ipynb #07b36730
 class Block(nn.Module):
     "A pre-norm transformer block: `x + attn(norm(x))`, then `x + mlp(norm(x))`."
     def __init__(self, config: LlamaConfig, layer_idx: int):
@@ -88,29 +88,32 @@ class Block(nn.Module):
         x = x + self.attn(rms_norm(x, self.norm_eps), cos, sin, cache)
         return x + self.mlp(rms_norm(x, self.norm_eps))
 
-# %% ../nbs/05_llama.ipynb #40e713e1
-def chunked_cross_entropy(h, w, targets, softcap: float = 0.0, grads: bool = True):
-    "Summed cross-entropy of `softcap(h @ w.T)` one chunk of rows at a time; with `grads`, also its gradients for `h` and `w`."
-    chunk = max(1, 2**22 // w.size(0))  # 4M float32 logits (16 MiB) per chunk: 131 rows at a 32000 vocabulary
+# %% ../nbs/05_llama.ipynb #d351c485
+def chunked_cross_entropy(h, w, targets, softcap: float = 0.0, grads: bool = True, chunk_logits: int = 2**23):
+    "Summed cross-entropy of `softcap(h @ w.T)`, `chunk_logits` logits at a time; with `grads`, also its gradients for `h` and `w`."
+    dev = h.device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else w.dtype  # the matmuls' dtype (bf16 under GPU autocast)
+    w_mm, n = w.to(dtype), max(1, min(h.size(0), chunk_logits // w.size(0)))  # 262 rows at a 32000 vocabulary
+    z_buf = torch.empty(n, w.size(0), dtype=dtype, device=h.device)  # every chunk's logits land here: one allocation
+    t_buf = torch.empty(n, w.size(0), device=h.device) if softcap else None  # and their tanh, kept for the gradient
     keep = (targets != -1).unsqueeze(1)
-    h_in = h / softcap if softcap else h  # cap(z) = c·tanh(z/c): fold the 1/c into the small side of the matmul
+    h_in = (h / softcap if softcap else h).to(dtype)  # cap(z) = c·tanh(z/c): fold the 1/c into the small side of the matmul
     total = torch.zeros((), dtype=torch.float32, device=h.device)
     grad_h, grad_w = (torch.empty_like(h), torch.zeros_like(w)) if grads else (None, None)
-    for s in range(0, h.size(0), chunk):
-        ts, ks = targets[s:s + chunk].clamp(min=0).unsqueeze(1), keep[s:s + chunk]
-        z = (h_in[s:s + chunk] @ w.T).float()
-        if softcap: t = z.tanh_(); z = t * softcap
+    for s in range(0, h.size(0), n):
+        ts, ks = targets[s:s + n].clamp(min=0).unsqueeze(1), keep[s:s + n]
+        z = torch.mm(h_in[s:s + n], w_mm.T, out=z_buf[:ts.size(0)]).float()
+        if softcap: t = torch.tanh(z, out=t_buf[:z.size(0)]); z = torch.mul(t, softcap, out=z)
         target_logit, zmax = z.gather(1, ts), z.amax(dim=-1, keepdim=True)
         e = z.sub_(zmax).exp_()  # exp(z - max), written over z: one pass serves the loss and the gradient
         e_sum = e.sum(dim=-1, keepdim=True)
         total += ((zmax + e_sum.log() - target_logit) * ks).sum()  # logsumexp(z) - z[target]
         if not grads: continue
-        g = e.div_(e_sum)  # softmax
-        g.scatter_add_(1, ts, -torch.ones_like(ts, dtype=g.dtype))  # minus one-hot
+        g = e.div_(e_sum.masked_fill(~ks, math.inf))  # softmax, and zero on ignored rows (divided by infinity)
+        g.scatter_add_(1, ts, -ks.to(g.dtype))  # minus one-hot
         if softcap: g.addcmul_(g, t.square_(), value=-1)  # times the cap's derivative, 1 - tanh²
-        g = g.to(w.dtype)
-        grad_h[s:s + chunk] = (g @ w) * ks
-        grad_w.addmm_(g.T, (h[s:s + chunk] * ks).to(w.dtype))  # in place: no (vocab, width) temporary
+        grad_h[s:s + n] = g.to(dtype) @ w_mm
+        grad_w.addmm_(g.to(w.dtype).T, h[s:s + n].to(w.dtype))  # in place: no (vocab, width) temporary
     return total, grad_h, grad_w
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -123,8 +126,8 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_total):
-        grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_total, grad_w * grad_total, None, None
+        grad_h, grad_w = ctx.saved_tensors  # scaled in place: a second backward through this graph fails loudly (saved tensors changed)
+        return grad_h.mul_(grad_total), grad_w.mul_(grad_total), None, None
 
 def linear_cross_entropy(h, w, targets, softcap: float = 0.0, reduction: str = "mean"):
     "Mean (or sum) cross-entropy of the logits `softcap(h @ w.T)` `(N, V)` without materialising them; targets of -1 are ignored."
@@ -132,7 +135,7 @@ def linear_cross_entropy(h, w, targets, softcap: float = 0.0, reduction: str = "
     else: total = chunked_cross_entropy(h, w, targets, softcap, grads=False)[0]
     return total / (targets != -1).sum().clamp(min=1) if reduction == "mean" else total
 
-# %% ../nbs/05_llama.ipynb #b79757bc
+# %% ../nbs/05_llama.ipynb #b17248b6
 class Llama(nn.Module):
     "Llama 3: token embedding, `n_layer` pre-norm blocks, final RMSNorm, untied output head, optional soft-cap."
     def __init__(self, config: LlamaConfig):
@@ -204,7 +207,7 @@ class Llama(nn.Module):
             if i + 1 < max_new_tokens: logits = self(out[-1], cache=cache)[:, -1]
         return torch.cat(out, dim=1)
 
-# %% ../nbs/05_llama.ipynb #9072a543
+# %% ../nbs/05_llama.ipynb #aef955cc
 def series_table(names=tuple(PRESETS), seq_len: int = 2048, **overrides) -> str:
     "A markdown table of the named presets with real parameter counts, KV-cache bytes and FLOPs per token."
     rows = ["| model | depth | width | heads | KV heads | FFN | params | non-embedding | KV cache (bf16) | GFLOP/token |",
@@ -218,7 +221,7 @@ def series_table(names=tuple(PRESETS), seq_len: int = 2048, **overrides) -> str:
                     f"{kv / 1024:.0f} KiB/token | {m.flops_per_token(seq_len) / 1e9:.2f} |")
     return "\n".join(rows)
 
-# %% ../nbs/05_llama.ipynb #dd62442a
+# %% ../nbs/05_llama.ipynb #89137b9e
 @call_parse
 def main(depth: int = None,  # print the configuration `--depth` derives instead of the preset series
          seq_len: int = 2048,  # sequence length used for FLOPs per token
