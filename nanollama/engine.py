@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['sample_next', 'Engine', 'TextStream', 'chat_widget', 'load_engine']
 
-# %% ../nbs/14_engine.ipynb #506e55cf
+# %% ../nbs/14_engine.ipynb #452cf787
 import html
 from typing import Iterator
 import torch
@@ -14,7 +14,7 @@ from .checkpoint import load_model, tokenizer_file
 from .llama import Llama
 from .tokenizer import check_messages, get_tokenizer
 
-# %% ../nbs/14_engine.ipynb #626003a8
+# %% ../nbs/14_engine.ipynb #03ca760d
 def sample_next(logits, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, generator=None):
     "Next token ids `(B,)` from logits `(B, vocab)`: greedy at temperature 0, else sampled from the top-k / top-p nucleus of softmax(logits / temperature)."
     if temperature == 0: return logits.argmax(-1)
@@ -29,7 +29,7 @@ def sample_next(logits, temperature: float = 1.0, top_k: int | None = None, top_
     choice = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.size(-1) - 1)  # inverse CDF: the token whose interval holds u
     return (choice if ids is None else ids.gather(-1, choice)).squeeze(-1)
 
-# %% ../nbs/14_engine.ipynb #12b09491
+# %% ../nbs/14_engine.ipynb #c5090e08
 class Engine:
     "Generates from a `Llama` with a KV cache: one prefill, then batched token-by-token decoding, streamed."
     def __init__(self, model: Llama, tokenizer):
@@ -78,7 +78,7 @@ class Engine:
                 if t is not None: o.append(t)
         return out
 
-# %% ../nbs/14_engine.ipynb #3e4deeb6
+# %% ../nbs/14_engine.ipynb #b500ed66
 class TextStream:
     "Turns tokens into text pieces as they arrive, holding back incomplete UTF-8 characters; special tokens are dropped."
     def __init__(self, tokenizer):
@@ -94,7 +94,7 @@ class TextStream:
         self.pending = []
         return text
 
-# %% ../nbs/14_engine.ipynb #2b0a8e04
+# %% ../nbs/14_engine.ipynb #0ca55390
 @patch
 def fit_prompt(self: Engine, messages: list[dict], max_tokens: int = 256) -> tuple[list[int], int]:
     "Prompt ids for `messages` that fit the context with room for the reply: oldest turns dropped first; returns `(ids, max_tokens)`."
@@ -118,7 +118,7 @@ def chat(self: Engine, messages: list[dict], max_tokens: int = 256, **sampling) 
         if token is None or token in self.stop_ids: return
         if piece := text.push(token): yield piece
 
-# %% ../nbs/14_engine.ipynb #f5966da8
+# %% ../nbs/14_engine.ipynb #474c8504
 def chat_widget(engine: Engine, max_tokens: int = 256, **sampling):
     "An ipywidgets chat: a text box (Enter sends) and a streaming transcript; `.send(text)` does the same from code."
     import ipywidgets as W
@@ -152,7 +152,7 @@ def chat_widget(engine: Engine, max_tokens: int = 256, **sampling):
     ui.send, ui.messages = send, messages
     return ui
 
-# %% ../nbs/14_engine.ipynb #9199550e
+# %% ../nbs/14_engine.ipynb #dbd113db
 def load_engine(model_tag: str | None = None, step: int | None = None, device: str | None = None) -> Engine:
     "An `Engine` for a saved model (by tag, default the most trained one) with the tokenizer saved beside it."
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

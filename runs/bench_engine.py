@@ -6,6 +6,8 @@ Measures, for the preset (default nano, 32000-token vocabulary) on the CPU:
   - batch 1: tokens/s of greedy generation (a 32-token prompt, then --new-tokens tokens), ours vs HF, and the ratio;
   - 16 samples of one prompt: aggregate tokens/s (16 x new tokens / time) of our batched multi-sample generation,
     its ratio to our batch-1 rate, and HF's `num_return_sequences=16` for reference.
+  - the batch-1 floor: the time of the decode step's matrix-vector products alone (float32 weights read once per
+    token, no other work), which bounds what any float32 engine can reach on this machine.
 Targets (issue): ours >= 2x HF at batch 1; 16 samples >= 5x the batch-1 aggregate throughput.
 The HF model gets our weights through nanollama.export_hf (Qwen3 architecture, since nano has QK-norm); soft-capping
 is off so that both compute the same logits, and greedy outputs are checked to be identical. Each measurement is
@@ -49,6 +51,16 @@ def best_time(fn, repeats: int) -> tuple[float, object]:
     return min(times), out
 
 
+def matmul_floor(model: Llama, repeats: int) -> float:
+    "Seconds per token of the decode step's matrix-vector products alone (every weight read once, nothing else): a floor."
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    xs = {n: torch.randn(1, n) for n in {w.size(1) for w in weights}}
+    def one_token():
+        for w in weights: torch.nn.functional.linear(xs[w.size(1)], w)
+    with torch.inference_mode(): t, _ = best_time(lambda: [one_token() for _ in range(50)], repeats)
+    return t / 50
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="nano")
@@ -74,6 +86,8 @@ def main():
     with torch.inference_mode():
         hf_k, _ = best_time(lambda: hf.generate(prompt, do_sample=True, top_k=50, num_return_sequences=k, **hf_kw), args.repeats)
 
+    floor = matmul_floor(ours, args.repeats)
+
     rate = lambda tokens, t: tokens / t
     c = ours.config
     print(f"# Engine decode benchmark: {args.preset} ({c.n_layer} layers, {c.n_embd} wide, {c.n_head} heads, {c.n_kv_head} KV heads, "
@@ -86,6 +100,9 @@ def main():
     print(f"| batch 1, greedy (tokens/s) | {rate(n, ours_1):.1f} | {rate(n, hf_1):.1f} | {hf_1 / ours_1:.2f}x |")
     print(f"| {k} samples, aggregate (tokens/s) | {rate(k * n, ours_k):.1f} | {rate(k * n, hf_k):.1f} | {hf_k / ours_k:.2f}x |")
     print(f"\n{k} samples vs batch 1 (ours): {ours_1 * k / ours_k:.2f}x the aggregate throughput")
+    print(f"batch-1 floor: the {sum(1 for m in ours.modules() if isinstance(m, torch.nn.Linear))} matrix-vector products alone "
+          f"take {floor * 1e3:.2f} ms/token ({1 / floor:.0f} tokens/s, {hf_1 / n / floor:.2f}x HF); ours spends "
+          f"{(ours_1 / n - floor) * 1e3:.2f} ms/token on everything else, HF {(hf_1 / n - floor) * 1e3:.2f}")
     print(f"targets: batch 1 >= 2x HF: {'met' if hf_1 / ours_1 >= 2 else 'NOT met'}; "
           f"{k} samples >= 5x batch 1: {'met' if ours_1 * k / ours_k >= 5 else 'NOT met'}")
 
