@@ -8,7 +8,7 @@ __all__ = ['GPU_PEAK_FLOPS', 'SAMPLE_PROMPTS', 'setting', 'TrainConfig', 'config
            'setup_device', 'params_agree', 'prepare_data', 'make_loaders', 'GPT2Block', 'GPT2', 'make_optimizers',
            'print0', 'describe', 'sample', 'train', 'main']
 
-# %% ../nbs/13_base_train.ipynb #86a91729
+# %% ../nbs/13_base_train.ipynb #edb77a60
 import argparse
 import math
 import os
@@ -30,7 +30,7 @@ from .llama import Llama, LlamaConfig
 from .optim import Muon, adamw_lr_scale, build_optimizers
 from .tokenizer import default_tokenizer_path, get_tokenizer
 
-# %% ../nbs/13_base_train.ipynb #1febd8e6
+# %% ../nbs/13_base_train.ipynb #f1fa75b1
 def setting(default, help: str):
     "A `TrainConfig` field with its command-line help."
     return field(default=default, metadata={"help": help})
@@ -82,7 +82,7 @@ class TrainConfig:
     seed: int = setting(42, "random seed (model init and data order)")
     dry_run: bool = setting(False, "print the derived configuration and exit (with WORLD_SIZE=N set: as on N devices)")
 
-# %% ../nbs/13_base_train.ipynb #b2758512
+# %% ../nbs/13_base_train.ipynb #b54d2ab5
 def _field_type(f):
     "The Python type a field's flag parses to (the first non-None part of `X | None`)."
     t = f.type if not isinstance(f.type, str) else eval(f.type)
@@ -98,7 +98,7 @@ def config_parser(cls=TrainConfig, description: str = "") -> argparse.ArgumentPa
         else: p.add_argument(flag, type=t, default=f.default, metavar=t.__name__.upper(), help=f.metadata["help"])
     return p
 
-# %% ../nbs/13_base_train.ipynb #933279b8
+# %% ../nbs/13_base_train.ipynb #c7831bde
 def batch_tokens_for(n_params: int) -> int:
     "Tokens per optimiser step: 524288 × sqrt(n_params / 560M), rounded to a power of two (at least 2^12)."
     return 2 ** max(12, round(math.log2(524288 * math.sqrt(n_params / 560e6))))
@@ -143,7 +143,7 @@ def check_config(tc: TrainConfig):
     for name in ("eval_every", "sample_every", "save_every"):
         if getattr(tc, name) < 0: raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(tc, name)}")
 
-# %% ../nbs/13_base_train.ipynb #131b4072
+# %% ../nbs/13_base_train.ipynb #4825d8ca
 def lr_multiplier(progress: float, warmup: float = 0.0, warmdown: float = 0.2, final: float = 0.0) -> float:
     "Trapezoid schedule on progress in [0, 1]: linear warmup, constant, linear warmdown to `final`."
     if progress < warmup: return (progress + 1e-9) / warmup
@@ -154,7 +154,7 @@ def muon_momentum(step: int) -> float:
     "Muon's momentum: 0.85 rising to 0.95 over the first 300 steps."
     return 0.85 + 0.10 * min(step / 300, 1.0)
 
-# %% ../nbs/13_base_train.ipynb #070cb890
+# %% ../nbs/13_base_train.ipynb #b253914f
 GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}  # dense bf16
 
 def measure_cpu_peak_flops(n: int = 1024, seconds: float = 1.0, dtype=torch.float32) -> float:
@@ -174,7 +174,7 @@ def peak_flops(device: torch.device, dtype=torch.float32) -> float | None:
         return next((v for k, v in GPU_PEAK_FLOPS.items() if k in name), None)
     return None
 
-# %% ../nbs/13_base_train.ipynb #147e86c8
+# %% ../nbs/13_base_train.ipynb #9bff9dab
 @torch.no_grad()
 def evaluate_bpb(model, batches, token_bytes) -> float:
     "Validation bits per byte over `batches` of `(inputs, targets)`, summed across ranks."
@@ -187,7 +187,7 @@ def evaluate_bpb(model, batches, token_bytes) -> float:
     if dist.is_initialized(): dist.all_reduce(nats); dist.all_reduce(nbytes)
     return (nats / (math.log(2) * nbytes)).item()
 
-# %% ../nbs/13_base_train.ipynb #d5efc3f9
+# %% ../nbs/13_base_train.ipynb #946adb57
 def setup_device(tc: TrainConfig):
     "Join torchrun's process group if there is one; returns `(device, rank, world_size)`."
     kind = tc.device if tc.device != "auto" else "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
@@ -205,7 +205,7 @@ def params_agree(model) -> bool:
     dist.all_gather(gathered, s)
     return all(torch.equal(g, gathered[0]) for g in gathered)
 
-# %% ../nbs/13_base_train.ipynb #33e4a3b5
+# %% ../nbs/13_base_train.ipynb #c025f7b0
 def prepare_data(tc: TrainConfig, tokenizer, rank: int) -> Path:
     "The directory of token shards for `tc.source` and this tokenizer, tokenizing it first if needed (rank 0)."
     d = tokens_dir(tc.source, tokenizer)
@@ -228,7 +228,7 @@ def make_loaders(tc: TrainConfig, data_dir, tokenizer, rank: int, world: int, de
         return (next(loader) for _ in range(n_val))
     return train, val_batches
 
-# %% ../nbs/13_base_train.ipynb #560812d8
+# %% ../nbs/13_base_train.ipynb #c90b36c6
 class GPT2Block(nn.Module):
     "GPT-2's pre-norm block: LayerNorm, multi-head attention, LayerNorm, 4× GELU MLP, all with biases."
     def __init__(self, d: int, n_head: int):
@@ -286,7 +286,7 @@ def make_optimizers(tc: TrainConfig, model) -> list:
         return [adamw]
     return list(build_optimizers(model, tc.matrix_lr, tc.embedding_lr, tc.unembedding_lr, tc.weight_decay))
 
-# %% ../nbs/13_base_train.ipynb #b7c1463c
+# %% ../nbs/13_base_train.ipynb #785eaeb5
 SAMPLE_PROMPTS = ["To be, or not to be", "ROMEO.\n", "The meaning of life is"]
 
 def print0(*a, **kw):
@@ -322,7 +322,7 @@ def sample(model, tokenizer, device, max_new_tokens: int = 48) -> list[str]:
         outs.append(tokenizer.decode(ids) + "|" + tokenizer.decode(out))
     return outs
 
-# %% ../nbs/13_base_train.ipynb #864d1a3d
+# %% ../nbs/13_base_train.ipynb #eef24ada
 def train(tc: TrainConfig) -> list[dict]:
     "Run pretraining as `tc` says; returns the history of logged steps (rank 0)."
     check_config(tc)
@@ -363,8 +363,9 @@ def train(tc: TrainConfig) -> list[dict]:
     token_bytes = tokenizer.token_bytes().to(device)
     mm_dtype = torch.bfloat16 if use_bf16 else torch.float32
     peak = peak_flops(device, mm_dtype) if rank == 0 else None
-    if peak: print0(f"MFU reference: {peak / 1e12:.3g} TFLOP/s, " + (f"{str(mm_dtype)[6:]} matmuls measured on this CPU"
-                                                                    if device.type == "cpu" else "the GPU's dense bf16 datasheet figure"))
+    if peak:
+        source = f"{mm_dtype}".removeprefix("torch.") + " matmuls measured on this CPU" if device.type == "cpu" else "the GPU's dense bf16 datasheet figure"
+        print0(f"MFU reference: {peak / 1e12:.3g} TFLOP/s, {source}")
     wandb_run = None
     if tc.run and rank == 0:
         import wandb
@@ -430,7 +431,7 @@ def train(tc: TrainConfig) -> list[dict]:
     if wandb_run: wandb_run.finish()
     return history
 
-# %% ../nbs/13_base_train.ipynb #f0b7ab86
+# %% ../nbs/13_base_train.ipynb #521708b5
 def main(argv=None):
     "`python -m nanollama.base_train [--flags]`: pretrain a model."
     tc = TrainConfig(**vars(config_parser(TrainConfig, "Pretrain a nanollama model.").parse_args(argv)))

@@ -6,7 +6,7 @@
 __all__ = ['PRESETS', 'LlamaConfig', 'Block', 'chunked_cross_entropy', 'LinearCrossEntropy', 'linear_cross_entropy', 'Llama',
            'series_table', 'main']
 
-# %% ../nbs/05_llama.ipynb #b6026626
+# %% ../nbs/05_llama.ipynb #f80360a5
 import math
 from dataclasses import dataclass, fields, replace
 import torch
@@ -19,7 +19,7 @@ from .rope import rope_cache
 from .attention import Attention, KVCache
 from .swiglu import SwiGLU, swiglu_hidden_dim
 
-# %% ../nbs/05_llama.ipynb #d59111ad
+# %% ../nbs/05_llama.ipynb #b9f09c82
 @dataclass(frozen=True)
 class LlamaConfig:
     "The shape of a Llama model. `head_dim` and `hidden_dim` are derived."
@@ -54,7 +54,7 @@ class LlamaConfig:
     @property
     def hidden_dim(self) -> int: return swiglu_hidden_dim(self.n_embd, self.multiple_of, self.ffn_dim_multiplier)
 
-# %% ../nbs/05_llama.ipynb #6a07e3b5
+# %% ../nbs/05_llama.ipynb #6aadeb96
 PRESETS = {  # name: (n_layer, n_embd, n_head, n_kv_head), the seed's series
     "nano": (6, 384, 6, 2), "micro": (12, 512, 8, 2), "mini": (16, 768, 12, 4),
     "small": (24, 1024, 16, 4), "medium": (32, 2048, 32, 8), "large": (32, 3200, 32, 8),
@@ -75,7 +75,7 @@ def preset(cls: LlamaConfig, name: str, **overrides) -> LlamaConfig:
     n_layer, n_embd, n_head, n_kv_head = PRESETS[name]
     return cls(**{**dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_kv_head=n_kv_head), **overrides})
 
-# %% ../nbs/05_llama.ipynb #07b36730
+# %% ../nbs/05_llama.ipynb #7bee4f1b
 class Block(nn.Module):
     "A pre-norm transformer block: `x + attn(norm(x))`, then `x + mlp(norm(x))`."
     def __init__(self, config: LlamaConfig, layer_idx: int):
@@ -88,12 +88,13 @@ class Block(nn.Module):
         x = x + self.attn(rms_norm(x, self.norm_eps), cos, sin, cache)
         return x + self.mlp(rms_norm(x, self.norm_eps))
 
-# %% ../nbs/05_llama.ipynb #d351c485
+# %% ../nbs/05_llama.ipynb #5abee482
 def chunked_cross_entropy(h, w, targets, softcap: float = 0.0, grads: bool = True, chunk_logits: int = 2**23):
     "Summed cross-entropy of `softcap(h @ w.T)`, `chunk_logits` logits at a time; with `grads`, also its gradients for `h` and `w`."
     dev = h.device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else w.dtype  # the matmuls' dtype (bf16 under GPU autocast)
-    w_mm, n = w.to(dtype), max(1, min(h.size(0), chunk_logits // w.size(0)))  # 262 rows at a 32000 vocabulary
+    w_mm = w.to(dtype)
+    n = max(1, min(h.size(0), chunk_logits // w.size(0)))  # rows per chunk: 262 at a 32000 vocabulary
     z_buf = torch.empty(n, w.size(0), dtype=dtype, device=h.device)  # every chunk's logits land here: one allocation
     t_buf = torch.empty(n, w.size(0), device=h.device) if softcap else None  # and their tanh, kept for the gradient
     keep = (targets != -1).unsqueeze(1)
@@ -135,7 +136,7 @@ def linear_cross_entropy(h, w, targets, softcap: float = 0.0, reduction: str = "
     else: total = chunked_cross_entropy(h, w, targets, softcap, grads=False)[0]
     return total / (targets != -1).sum().clamp(min=1) if reduction == "mean" else total
 
-# %% ../nbs/05_llama.ipynb #b17248b6
+# %% ../nbs/05_llama.ipynb #4004c296
 class Llama(nn.Module):
     "Llama 3: token embedding, `n_layer` pre-norm blocks, final RMSNorm, untied output head, optional soft-cap."
     def __init__(self, config: LlamaConfig):
@@ -207,7 +208,7 @@ class Llama(nn.Module):
             if i + 1 < max_new_tokens: logits = self(out[-1], cache=cache)[:, -1]
         return torch.cat(out, dim=1)
 
-# %% ../nbs/05_llama.ipynb #aef955cc
+# %% ../nbs/05_llama.ipynb #e43dd2d2
 def series_table(names=tuple(PRESETS), seq_len: int = 2048, **overrides) -> str:
     "A markdown table of the named presets with real parameter counts, KV-cache bytes and FLOPs per token."
     rows = ["| model | depth | width | heads | KV heads | FFN | params | non-embedding | KV cache (bf16) | GFLOP/token |",
@@ -221,7 +222,7 @@ def series_table(names=tuple(PRESETS), seq_len: int = 2048, **overrides) -> str:
                     f"{kv / 1024:.0f} KiB/token | {m.flops_per_token(seq_len) / 1e9:.2f} |")
     return "\n".join(rows)
 
-# %% ../nbs/05_llama.ipynb #89137b9e
+# %% ../nbs/05_llama.ipynb #06e1373d
 @call_parse
 def main(depth: int = None,  # print the configuration `--depth` derives instead of the preset series
          seq_len: int = 2048,  # sequence length used for FLOPs per token
