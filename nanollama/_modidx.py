@@ -152,6 +152,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'nanollama.engine.TextStream.push': ('engine.html#textstream.push', 'nanollama/engine.py'),
                                   'nanollama.engine.chat_widget': ('engine.html#chat_widget', 'nanollama/engine.py'),
                                   'nanollama.engine.load_engine': ('engine.html#load_engine', 'nanollama/engine.py'),
+                                  'nanollama.engine.matmul_floor': ('engine.html#matmul_floor', 'nanollama/engine.py'),
                                   'nanollama.engine.sample_next': ('engine.html#sample_next', 'nanollama/engine.py')},
             'nanollama.export_gguf': { 'nanollama.export_gguf.check_dtype': ('export_gguf.html#check_dtype', 'nanollama/export_gguf.py'),
                                        'nanollama.export_gguf.gguf_arch': ('export_gguf.html#gguf_arch', 'nanollama/export_gguf.py'),

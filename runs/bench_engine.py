@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import torch
 import transformers
 
-from nanollama.engine import Engine
+from nanollama.engine import Engine, matmul_floor
 from nanollama.export_hf import hf_config, hf_state_dict
 from nanollama.llama import Llama, LlamaConfig
 
@@ -51,16 +51,6 @@ def best_time(fn, repeats: int) -> tuple[float, object]:
     return min(times), out
 
 
-def matmul_floor(model: Llama, repeats: int) -> float:
-    "Seconds per token of the decode step's matrix-vector products alone (every weight read once, nothing else): a floor."
-    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    xs = {n: torch.randn(1, n) for n in {w.size(1) for w in weights}}
-    def one_token():
-        for w in weights: torch.nn.functional.linear(xs[w.size(1)], w)
-    with torch.inference_mode(): t, _ = best_time(lambda: [one_token() for _ in range(50)], repeats)
-    return t / 50
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="nano")
@@ -86,7 +76,7 @@ def main():
     with torch.inference_mode():
         hf_k, _ = best_time(lambda: hf.generate(prompt, do_sample=True, top_k=50, num_return_sequences=k, **hf_kw), args.repeats)
 
-    floor = matmul_floor(ours, args.repeats)
+    floor = matmul_floor(ours)
 
     rate = lambda tokens, t: tokens / t
     c = ours.config
