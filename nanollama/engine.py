@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['sample_next', 'Engine', 'matmul_floor', 'TextStream', 'chat_widget', 'load_engine']
 
-# %% ../nbs/14_engine.ipynb #95508121
+# %% ../nbs/14_engine.ipynb #ebfb46ef
 import html, time
 from typing import Iterator
 import torch
@@ -15,7 +15,7 @@ from .checkpoint import load_model, tokenizer_file
 from .llama import Llama
 from .tokenizer import check_messages, get_tokenizer
 
-# %% ../nbs/14_engine.ipynb #201ea3eb
+# %% ../nbs/14_engine.ipynb #74109b6a
 def sample_next(logits, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, generator=None):
     "Next token ids `(B,)` from logits `(B, vocab)`: greedy at temperature 0, else sampled from the top-k / top-p nucleus of softmax(logits / temperature)."
     if temperature == 0: return logits.argmax(-1)
@@ -30,7 +30,7 @@ def sample_next(logits, temperature: float = 1.0, top_k: int | None = None, top_
     choice = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.size(-1) - 1)  # inverse CDF: the token whose interval holds u
     return (choice if ids is None else ids.gather(-1, choice)).squeeze(-1)
 
-# %% ../nbs/14_engine.ipynb #24baa165
+# %% ../nbs/14_engine.ipynb #4d0d0cee
 class Engine:
     "Generates from a `Llama` with a KV cache: one prefill, then batched token-by-token decoding, streamed."
     def __init__(self, model: Llama, tokenizer):
@@ -60,7 +60,7 @@ class Engine:
         if seed is None: g.seed()
         else: g.manual_seed(seed)
         cache = self.model.new_cache(1, len(prompt) + max_tokens)
-        logits = self.model(torch.tensor([prompt], device=device), cache=cache)[:, -1]
+        logits = self.model(torch.tensor([prompt], device=device), cache=cache, last_only=True)[:, -1]
         if num_samples > 1: cache, logits = self._fork(cache, num_samples), logits.expand(num_samples, -1)
         done = [False] * num_samples
         for step in range(max_tokens):
@@ -69,7 +69,7 @@ class Engine:
             done = [d or t in self.stop_ids for d, t in zip(done, tokens)]
             yield tokens
             if all(done) or step + 1 == max_tokens: return
-            logits = self.model(nxt[:, None], cache=cache)[:, -1]
+            logits = self.model(nxt[:, None], cache=cache, last_only=True)[:, -1]
 
     def generate(self, prompt: list[int], num_samples: int = 1, **kw) -> list[list[int]]:
         "Each sample's tokens, ending with its stop token if it stopped before the limit."
@@ -79,7 +79,7 @@ class Engine:
                 if t is not None: o.append(t)
         return out
 
-# %% ../nbs/14_engine.ipynb #2f0ee931
+# %% ../nbs/14_engine.ipynb #9cb79b9e
 @torch.inference_mode()
 def matmul_floor(model: Llama, n: int = 20) -> float:
     "Seconds per token of a decode step's matrix-vector products alone (each weight read once, nothing else; best of `n`, CPU timing)."
@@ -92,7 +92,7 @@ def matmul_floor(model: Llama, n: int = 20) -> float:
         best = min(best, time.perf_counter() - t)
     return best
 
-# %% ../nbs/14_engine.ipynb #a43b53c7
+# %% ../nbs/14_engine.ipynb #2df074bc
 class TextStream:
     "Turns tokens into text pieces as they arrive, holding back incomplete UTF-8 characters; special tokens are dropped."
     def __init__(self, tokenizer):
@@ -108,7 +108,7 @@ class TextStream:
         self.pending = []
         return text
 
-# %% ../nbs/14_engine.ipynb #e05af7ac
+# %% ../nbs/14_engine.ipynb #607a6eda
 @patch
 def fit_prompt(self: Engine, messages: list[dict], max_tokens: int = 256) -> tuple[list[int], int]:
     "Prompt ids for `messages` that fit the context with room for the reply: oldest turns dropped first; returns `(ids, max_tokens)`."
@@ -132,7 +132,7 @@ def chat(self: Engine, messages: list[dict], max_tokens: int = 256, **sampling) 
         if token is None or token in self.stop_ids: return
         if piece := text.push(token): yield piece
 
-# %% ../nbs/14_engine.ipynb #be5b42c3
+# %% ../nbs/14_engine.ipynb #81c5f576
 def chat_widget(engine: Engine, max_tokens: int = 256, **sampling):
     "An ipywidgets chat: a text box (Enter sends) and a streaming transcript; `.send(text)` does the same from code."
     import ipywidgets as W
@@ -166,7 +166,7 @@ def chat_widget(engine: Engine, max_tokens: int = 256, **sampling):
     ui.send, ui.messages = send, messages
     return ui
 
-# %% ../nbs/14_engine.ipynb #6d9d9051
+# %% ../nbs/14_engine.ipynb #53a285dd
 def load_engine(model_tag: str | None = None, step: int | None = None, device: str | None = None) -> Engine:
     "An `Engine` for a saved model (by tag, default the most trained one) with the tokenizer saved beside it."
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -6,7 +6,7 @@
 __all__ = ['PRESETS', 'LlamaConfig', 'Block', 'chunked_cross_entropy', 'LinearCrossEntropy', 'linear_cross_entropy', 'Llama',
            'series_table', 'main']
 
-# %% ../nbs/05_llama.ipynb #f80360a5
+# %% ../nbs/05_llama.ipynb #29a773b4
 import math
 from dataclasses import dataclass, fields, replace
 import torch
@@ -19,7 +19,7 @@ from .rope import rope_cache
 from .attention import Attention, KVCache
 from .swiglu import SwiGLU, swiglu_hidden_dim
 
-# %% ../nbs/05_llama.ipynb #b9f09c82
+# %% ../nbs/05_llama.ipynb #f1d7cb60
 @dataclass(frozen=True)
 class LlamaConfig:
     "The shape of a Llama model. `head_dim` and `hidden_dim` are derived."
@@ -54,7 +54,7 @@ class LlamaConfig:
     @property
     def hidden_dim(self) -> int: return swiglu_hidden_dim(self.n_embd, self.multiple_of, self.ffn_dim_multiplier)
 
-# %% ../nbs/05_llama.ipynb #6aadeb96
+# %% ../nbs/05_llama.ipynb #51e1e952
 PRESETS = {  # name: (n_layer, n_embd, n_head, n_kv_head), the seed's series
     "nano": (6, 384, 6, 2), "micro": (12, 512, 8, 2), "mini": (16, 768, 12, 4),
     "small": (24, 1024, 16, 4), "medium": (32, 2048, 32, 8), "large": (32, 3200, 32, 8),
@@ -75,7 +75,7 @@ def preset(cls: LlamaConfig, name: str, **overrides) -> LlamaConfig:
     n_layer, n_embd, n_head, n_kv_head = PRESETS[name]
     return cls(**{**dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_kv_head=n_kv_head), **overrides})
 
-# %% ../nbs/05_llama.ipynb #7bee4f1b
+# %% ../nbs/05_llama.ipynb #318d4986
 class Block(nn.Module):
     "A pre-norm transformer block: `x + attn(norm(x))`, then `x + mlp(norm(x))`."
     def __init__(self, config: LlamaConfig, layer_idx: int):
@@ -88,7 +88,7 @@ class Block(nn.Module):
         x = x + self.attn(rms_norm(x, self.norm_eps), cos, sin, cache)
         return x + self.mlp(rms_norm(x, self.norm_eps))
 
-# %% ../nbs/05_llama.ipynb #5abee482
+# %% ../nbs/05_llama.ipynb #5e850e85
 def chunked_cross_entropy(h, w, targets, softcap: float = 0.0, grads: bool = True, chunk_logits: int = 2**23):
     "Summed cross-entropy of `softcap(h @ w.T)`, `chunk_logits` logits at a time; with `grads`, also its gradients for `h` and `w`."
     dev = h.device.type
@@ -136,7 +136,7 @@ def linear_cross_entropy(h, w, targets, softcap: float = 0.0, reduction: str = "
     else: total = chunked_cross_entropy(h, w, targets, softcap, grads=False)[0]
     return total / (targets != -1).sum().clamp(min=1) if reduction == "mean" else total
 
-# %% ../nbs/05_llama.ipynb #4004c296
+# %% ../nbs/05_llama.ipynb #77a3ae3a
 class Llama(nn.Module):
     "Llama 3: token embedding, `n_layer` pre-norm blocks, final RMSNorm, untied output head, optional soft-cap."
     def __init__(self, config: LlamaConfig):
@@ -166,15 +166,17 @@ class Llama(nn.Module):
                 nn.init.uniform_(lin.weight, -bound, bound)
             for lin in (a.o_proj, m.down_proj): nn.init.zeros_(lin.weight)
 
-    def forward(self, idx, targets=None, cache: KVCache | None = None, reduction: str = "mean"):
-        "Logits `(B, T, vocab)` for `idx` `(B, T)`; given `targets`, the loss (`reduction` mean, sum or none; -1 ignored)."
+    def forward(self, idx, targets=None, cache: KVCache | None = None, reduction: str = "mean", last_only: bool = False):
+        "Logits `(B, T, vocab)` for `idx` `(B, T)` (`(B, 1, vocab)` for the last position with `last_only`); given `targets`, the loss (`reduction` mean, sum or none; -1 ignored)."
         T, start = idx.size(1), (cache.pos if cache is not None else 0)
         if start + T > self.config.max_seq_len:
             raise ValueError(f"{T} tokens at position {start} exceed max_seq_len={self.config.max_seq_len}")
+        if last_only and targets is not None: raise ValueError("last_only is for generation: a loss needs every position's logits")
         cos, sin = self.cos[start:start + T], self.sin[start:start + T]
         x = self.embed_tokens(idx)
         for block in self.layers: x = block(x, cos, sin, cache)
         if cache is not None: cache.advance(T)
+        if last_only: x = x[:, -1:]  # the next token needs one row of logits, not T: a long prompt's prefill skips (T-1)·vocab of them
         x, cap = rms_norm(x, self.config.norm_eps), self.config.softcap
         if targets is not None and reduction != "none":
             return linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten(), cap, reduction)
@@ -202,13 +204,13 @@ class Llama(nn.Module):
     def generate(self, idx, max_new_tokens: int):
         "Greedy continuation of `idx` `(B, T)` by `max_new_tokens` tokens, with a KV cache (sampling: lesson 14's engine)."
         cache = self.new_cache(idx.size(0), idx.size(1) + max_new_tokens)
-        logits, out = self(idx, cache=cache)[:, -1], [idx]
+        logits, out = self(idx, cache=cache, last_only=True)[:, -1], [idx]
         for i in range(max_new_tokens):
             out.append(logits.argmax(-1, keepdim=True))
-            if i + 1 < max_new_tokens: logits = self(out[-1], cache=cache)[:, -1]
+            if i + 1 < max_new_tokens: logits = self(out[-1], cache=cache, last_only=True)[:, -1]
         return torch.cat(out, dim=1)
 
-# %% ../nbs/05_llama.ipynb #e43dd2d2
+# %% ../nbs/05_llama.ipynb #0095b994
 def series_table(names=tuple(PRESETS), seq_len: int = 2048, **overrides) -> str:
     "A markdown table of the named presets with real parameter counts, KV-cache bytes and FLOPs per token."
     rows = ["| model | depth | width | heads | KV heads | FFN | params | non-embedding | KV cache (bf16) | GFLOP/token |",
@@ -222,7 +224,7 @@ def series_table(names=tuple(PRESETS), seq_len: int = 2048, **overrides) -> str:
                     f"{kv / 1024:.0f} KiB/token | {m.flops_per_token(seq_len) / 1e9:.2f} |")
     return "\n".join(rows)
 
-# %% ../nbs/05_llama.ipynb #06e1373d
+# %% ../nbs/05_llama.ipynb #c3d70720
 @call_parse
 def main(depth: int = None,  # print the configuration `--depth` derives instead of the preset series
          seq_len: int = 2048,  # sequence length used for FLOPs per token

@@ -38,6 +38,19 @@ def test_engine_greedy_is_argmax_of_full_forward(engines):
     assert babble.generate(prompt, num_samples=4, temperature=0, max_tokens=40) == [out] * 4  # one prefill, forked
 
 
+def test_generation_computes_one_row_of_logits_per_sample(engines):
+    "The prefill of a long prompt asks for the last position's logits only, and they equal the full pass's last row."
+    _, babble = engines
+    rows = []
+    hook = babble.model.lm_head.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[:2]))
+    try: babble.generate(list(range(1, 200)), num_samples=3, temperature=0, max_tokens=4)
+    finally: hook.remove()
+    assert rows == [(1, 1)] + [(3, 1)] * 3  # prefill: 1 row, not 199; then a row per sample per step
+    seq = torch.tensor([list(range(1, 50))])
+    with torch.no_grad(): torch.testing.assert_close(babble.model(seq, last_only=True), babble.model(seq)[:, -1:])
+    with pytest.raises(ValueError, match="last_only"): babble.model(seq, targets=seq, last_only=True)
+
+
 @pytest.mark.parametrize("name", list(PRESETS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kv_cache_bytes_per_token(name, dtype):
