@@ -1,13 +1,19 @@
 """Decode speed of nanollama's Engine against Hugging Face `transformers`' `generate`, same weights, same machine, same run.
 
-    python runs/bench_engine.py [--preset nano] [--new-tokens 128] [--repeats 3] [--threads N]
+    python runs/bench_engine.py [--preset nano] [--new-tokens 128] [--long-prompt 1024] [--repeats 3] [--threads N]
+                                [--tokenizer PATH]
 
 Measures, for the preset (default nano, 32000-token vocabulary) on the CPU:
   - batch 1: tokens/s of greedy generation (a 32-token prompt, then --new-tokens tokens), ours vs HF, and the ratio;
   - 16 samples of one prompt: aggregate tokens/s (16 x new tokens / time) of our batched multi-sample generation,
-    its ratio to our batch-1 rate, and HF's `num_return_sequences=16` for reference.
+    its ratio to our batch-1 rate, and HF's `num_return_sequences=16` for reference;
+  - time to first token after a --long-prompt-token prompt (the prefill, as a chat with a long history pays it);
   - the batch-1 floor: the time of the decode step's matrix-vector products alone (float32 weights read once per
-    token, no other work), which bounds what any float32 engine can reach on this machine.
+    token, no other work), which bounds what any float32 engine can reach on this machine;
+  - llama.cpp (through llama-cpp-python) decoding the float32 GGUF export of the same weights at batch 1: what a
+    compiled C engine reaches on this machine. It needs a SentencePiece tokenizer with the preset's vocabulary for the
+    GGUF file (--tokenizer, default the trained one in the base directory); without one, or without llama_cpp, the
+    row is skipped and says why.
 Targets (issue): ours >= 2x HF at batch 1; 16 samples >= 5x the batch-1 aggregate throughput.
 The HF model gets our weights through nanollama.export_hf (Qwen3 architecture, since nano has QK-norm); soft-capping
 is off so that both compute the same logits, and greedy outputs are checked to be identical. Each measurement is
@@ -16,6 +22,7 @@ repeated and the best kept (a busy machine only ever makes a run slower). Every 
 import argparse
 import os
 import platform
+import tempfile
 import time
 from types import SimpleNamespace
 
@@ -23,8 +30,10 @@ import torch
 import transformers
 
 from nanollama.engine import Engine, matmul_floor
+from nanollama.export_gguf import write_gguf
 from nanollama.export_hf import hf_config, hf_state_dict
 from nanollama.llama import Llama, LlamaConfig
+from nanollama.tokenizer import get_tokenizer
 
 
 def build(preset: str):
@@ -51,17 +60,35 @@ def best_time(fn, repeats: int) -> tuple[float, object]:
     return min(times), out
 
 
+def llama_cpp_greedy(model, tokenizer, prompt: list[int], n: int, repeats: int, tmp_dir: str):
+    "Best time for llama.cpp to prefill `prompt` and greedily decode `n` tokens from the float32 GGUF of `model`, and its tokens."
+    import llama_cpp
+    path = write_gguf(model, get_tokenizer(tokenizer), os.path.join(tmp_dir, "bench.gguf"), dtype="f32")
+    llm = llama_cpp.Llama(str(path), n_ctx=len(prompt) + n, n_threads=torch.get_num_threads(),
+                          n_threads_batch=torch.get_num_threads(), verbose=False)
+    def run():
+        tokens = []
+        for t in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+            tokens.append(t)
+            if len(tokens) == n: return tokens
+    try: return best_time(run, repeats)
+    finally: llm.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="nano")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--long-prompt", type=int, default=1024, help="prompt tokens for the time-to-first-token row")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's choice)")
+    ap.add_argument("--tokenizer", default=None, help="tokenizer.model for the GGUF file of the llama.cpp row (default: the trained one)")
     args = ap.parse_args()
     if args.threads: torch.set_num_threads(args.threads)
     n, k = args.new_tokens, args.samples
+    rate = lambda tokens, t: tokens / t
 
     ours, hf = build(args.preset)
     engine = Engine(ours, SimpleNamespace(eot_id=-1, eos_id=-1))  # no stop tokens: every run decodes exactly n tokens
@@ -75,10 +102,18 @@ def main():
     assert len(samples) == k and all(len(s) == n for s in samples)
     with torch.inference_mode():
         hf_k, _ = best_time(lambda: hf.generate(prompt, do_sample=True, top_k=50, num_return_sequences=k, **hf_kw), args.repeats)
+    long = torch.randint(0, ours.config.vocab_size, (1, args.long_prompt), generator=torch.Generator().manual_seed(2))
+    ours_ttft, _ = best_time(lambda: engine.generate(long[0].tolist(), temperature=0, max_tokens=1), args.repeats)
+    with torch.inference_mode():
+        hf_ttft, _ = best_time(lambda: hf.generate(long, do_sample=False, max_new_tokens=1, pad_token_id=0), args.repeats)
 
     floor = matmul_floor(ours)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            cpp_1, cpp_tokens = llama_cpp_greedy(ours, args.tokenizer, prompt[0].tolist(), n, args.repeats, tmp)
+        cpp = f"{rate(n, cpp_1):.1f} tokens/s, {hf_1 / cpp_1:.2f}x HF, greedy outputs identical: {'yes' if cpp_tokens == ours_tokens[0] else 'no'}"
+    except (ImportError, FileNotFoundError, ValueError) as e: cpp = f"skipped ({e})"
 
-    rate = lambda tokens, t: tokens / t
     c = ours.config
     print(f"# Engine decode benchmark: {args.preset} ({c.n_layer} layers, {c.n_embd} wide, {c.n_head} heads, {c.n_kv_head} KV heads, "
           f"vocab {c.vocab_size}, {ours.num_params() / 1e6:.1f}M params), float32 on the CPU")
@@ -89,10 +124,12 @@ def main():
     print("|---|---:|---:|---:|")
     print(f"| batch 1, greedy (tokens/s) | {rate(n, ours_1):.1f} | {rate(n, hf_1):.1f} | {hf_1 / ours_1:.2f}x |")
     print(f"| {k} samples, aggregate (tokens/s) | {rate(k * n, ours_k):.1f} | {rate(k * n, hf_k):.1f} | {hf_k / ours_k:.2f}x |")
+    print(f"| first token after {args.long_prompt} prompt tokens (ms) | {ours_ttft * 1e3:.0f} | {hf_ttft * 1e3:.0f} | {hf_ttft / ours_ttft:.2f}x |")
     print(f"\n{k} samples vs batch 1 (ours): {ours_1 * k / ours_k:.2f}x the aggregate throughput")
     print(f"batch-1 floor: the {sum(1 for m in ours.modules() if isinstance(m, torch.nn.Linear))} matrix-vector products alone "
           f"take {floor * 1e3:.2f} ms/token ({1 / floor:.0f} tokens/s, {hf_1 / n / floor:.2f}x HF); ours spends "
           f"{(ours_1 / n - floor) * 1e3:.2f} ms/token on everything else, HF {(hf_1 / n - floor) * 1e3:.2f}")
+    print(f"llama.cpp, float32 GGUF of the same weights, batch 1 greedy: {cpp}")
     print(f"targets: batch 1 >= 2x HF: {'met' if hf_1 / ours_1 >= 2 else 'NOT met'}; "
           f"{k} samples >= 5x batch 1: {'met' if ours_1 * k / ours_k >= 5 else 'NOT met'}")
 
