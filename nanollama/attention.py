@@ -23,27 +23,27 @@ def causal_attention(q, k, v):
 
 # %% ../nbs/03_attention.ipynb #803e6a27
 class KVCache:
-    "Pre-allocated keys and values for every layer, each `(n_layer, batch, n_kv_head, max_len, head_dim)`."
+    "Pre-allocated keys and values: for each of `n_layer` layers, two `(batch, n_kv_head, max_len, head_dim)` tensors."
     def __init__(self, n_layer, batch_size, n_kv_head, head_dim, max_len, dtype=torch.float32, device=None):
-        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.pos = 0  # number of positions filled so far
 
     @property
-    def max_len(self): return self.k.size(3)
+    def max_len(self): return self.k[0].size(2)
 
     @property
-    def nbytes(self): return self.k.nbytes + self.v.nbytes
+    def nbytes(self): return sum(t.nbytes for t in self.k + self.v)
 
     def update(self, layer: int, k, v):
         "Store `layer`'s new keys/values `(B, Hkv, T, d)` at the current position; return all of them so far."
         end = self.pos + k.size(2)
         if end > self.max_len:
             raise ValueError(f"KV cache full: position {end} needed, {self.max_len} allocated")
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
     def advance(self, n: int): self.pos += n
 

@@ -19,9 +19,9 @@ from .tokenizer import check_messages, get_tokenizer
 def sample_next(logits, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, generator=None):
     "Next token ids `(B,)` from logits `(B, vocab)`: greedy at temperature 0, else sampled from the top-k / top-p nucleus of softmax(logits / temperature)."
     if temperature == 0: return logits.argmax(-1)
-    logits, ids = logits.float() / temperature, None
+    ids = None
     if top_k and top_k < logits.size(-1): logits, ids = logits.topk(top_k)  # the k best, most likely first (0: all)
-    probs = logits.softmax(-1)
+    probs = (logits.float() / temperature).softmax(-1)  # scaled after top-k: dividing by tau > 0 keeps the order
     if top_p is not None and top_p < 1:
         if ids is None: probs, ids = probs.sort(-1, descending=True)
         probs = probs.masked_fill(probs.cumsum(-1) - probs > top_p, 0)  # drop tokens once the likelier ones reach top_p
@@ -33,9 +33,10 @@ def sample_next(logits, temperature: float = 1.0, top_k: int | None = None, top_
 # %% ../nbs/14_engine.ipynb #4d0d0cee
 class Engine:
     "Generates from a `Llama` with a KV cache: one prefill, then batched token-by-token decoding, streamed."
-    def __init__(self, model: Llama, tokenizer):
+    def __init__(self, model: Llama, tokenizer, compile: bool = False):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.stop_ids = {tokenizer.eot_id, tokenizer.eos_id}
+        self.decode = torch.compile(model, dynamic=True, fullgraph=True) if compile else model  # the decode step's forward
 
     @property
     def max_len(self) -> int: return self.model.config.max_seq_len
@@ -43,7 +44,7 @@ class Engine:
     def _fork(self, cache, n: int):
         "A cache with `n` rows, each a copy of the one-row `cache`."
         big = self.model.new_cache(n, cache.max_len)
-        big.k[:, :, :, :cache.pos], big.v[:, :, :, :cache.pos] = cache.k[:, :, :, :cache.pos], cache.v[:, :, :, :cache.pos]
+        for src, dst in zip(cache.k + cache.v, big.k + big.v): dst[:, :, :cache.pos] = src[:, :, :cache.pos]
         big.pos = cache.pos
         return big
 
@@ -69,7 +70,7 @@ class Engine:
             done = [d or t in self.stop_ids for d, t in zip(done, tokens)]
             yield tokens
             if all(done) or step + 1 == max_tokens: return
-            logits = self.model(nxt[:, None], cache=cache, last_only=True)[:, -1]
+            logits = self.decode(nxt[:, None], cache=cache, last_only=True)[:, -1]
 
     def generate(self, prompt: list[int], num_samples: int = 1, **kw) -> list[list[int]]:
         "Each sample's tokens, ending with its stop token if it stopped before the limit."
@@ -167,11 +168,13 @@ def chat_widget(engine: Engine, max_tokens: int = 256, **sampling):
     return ui
 
 # %% ../nbs/14_engine.ipynb #53a285dd
-def load_engine(model_tag: str | None = None, step: int | None = None, device: str | None = None) -> Engine:
-    "An `Engine` for a saved model (by tag, default the most trained one) with the tokenizer saved beside it."
+def load_engine(model_tag: str | None = None, step: int | None = None, device: str | None = None, compile: bool = False) -> Engine:
+    "An `Engine` for a saved model (by tag, default the most trained one) with the tokenizer saved beside it; `compile`: compiled decode step, compiled now."
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, _ = load_model(model_tag, step, device=device)
     tokenizer = get_tokenizer(tokenizer_file(model_tag))
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}")
-    return Engine(model, tokenizer)
+    engine = Engine(model, tokenizer, compile)
+    if compile: engine.generate([tokenizer.bos_id] * 4, max_tokens=3, temperature=0)  # compile here, not in the first reply
+    return engine

@@ -51,6 +51,24 @@ def test_generation_computes_one_row_of_logits_per_sample(engines):
     with pytest.raises(ValueError, match="last_only"): babble.model(seq, targets=seq, last_only=True)
 
 
+def test_compiled_decode_generates_what_eager_does_and_compiles_once(engines, chat_base_dir):
+    "`compile=True` changes speed only: the same greedy tokens, one sample or several; one compiled graph serves every position."
+    _, babble = engines
+    graphs = lambda: torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    before = graphs()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NANOLLAMA_BASE_DIR", str(chat_base_dir))
+        fast = load_engine("babble", device="cpu", compile=True)  # compiles while loading
+    assert graphs() == before + 1
+    for prompt_len, n in [(5, 30), (17, 9), (60, 50)]:  # new prompt lengths, cache lengths and positions
+        prompt = list(range(3, 3 + prompt_len))
+        assert fast.generate(prompt, temperature=0, max_tokens=n) == babble.generate(prompt, temperature=0, max_tokens=n)
+    assert graphs() == before + 1  # no recompilation
+    for k in (3, 5):
+        assert fast.generate(prompt, num_samples=k, temperature=0, max_tokens=20) == babble.generate(prompt, num_samples=k, temperature=0, max_tokens=20)
+    assert graphs() == before + 2  # batches of several rows share one more graph
+
+
 @pytest.mark.parametrize("name", list(PRESETS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kv_cache_bytes_per_token(name, dtype):
