@@ -48,11 +48,13 @@ def main(model_tag: str = None,  # checkpoint to chat with: base, sft, rl, chat 
          top_p: float = 1.0,  # sample from the smallest set of tokens with this much probability
          max_tokens: int = 512,  # longest reply, in tokens
          seed: int = None,  # random seed, for reproducible replies
-         device: str = None):  # cpu or cuda (default: cuda if available)
+         device: str = None,  # cpu or cuda (default: cuda if available)
+         compile: bool = False):  # compile the decode step: faster replies, after seconds of compiling at start
     "Chat with a trained nanollama model in the terminal, or answer one prompt with -p."
     if temperature < 0 or top_k < 0 or not 0 < top_p <= 1 or max_tokens < 1:
         raise CliError("error: need --temperature >= 0, --top-k >= 0, 0 < --top-p <= 1 and --max-tokens >= 1")
-    try: engine = load_engine(model_tag, step, device)
+    if compile: print("nanollama: compiling the decode step...", file=sys.stderr, flush=True)
+    try: engine = load_engine(model_tag, step, device, compile)
     except (FileNotFoundError, ValueError) as e: raise CliError(f"error: {e}") from None
     sampling = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     try:

@@ -27,6 +27,13 @@ def test_one_shot(env):
     assert r.returncode == 0 and r.stdout == cli(env, "--model-tag", "babble", "-p", "hi", "--max-tokens", "7", "--seed", "3").stdout
 
 
+def test_one_shot_compiled(env):
+    "--compile compiles the decode step before answering, and answers what the eager engine answers."
+    r = cli(env, "--model-tag", "html", "-p", "hi", "--temperature", "0", "--compile", timeout=300)
+    assert r.returncode == 0 and r.stdout == PAYLOAD + "\n", r.stderr
+    assert "compiling the decode step" in r.stderr
+
+
 def test_errors_are_one_line(env):
     for args, msg in [(["--model-tag", "nope", "-p", "hi"], "no checkpoint for model tag 'nope'"),
                       (["--model-tag", "html", "-p", "hi", "--top-p", "0"], "--top-p")]:

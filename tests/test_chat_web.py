@@ -25,15 +25,15 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def serve(chat_base_dir, tmp_path_factory):
-    "Start a server for a model tag (once per tag); yields its base URL. Servers are stopped after the module."
+    "Start a server for a model tag and extra flags (once per combination); yields its base URL. Servers are stopped after the module."
     procs, urls = [], {}
     env = {**os.environ, "NANOLLAMA_BASE_DIR": str(chat_base_dir)}
 
-    def start(tag: str) -> str:
-        if tag in urls: return urls[tag]
+    def start(tag: str, *flags: str) -> str:
+        if (tag, flags) in urls: return urls[tag, flags]
         port = free_port()
         log = open(tmp_path_factory.mktemp("server") / "log.txt", "w+")
-        p = subprocess.Popen([sys.executable, "-m", "nanollama.chat_web", "--model-tag", tag, "--port", str(port), "--max-tokens", "200"],
+        p = subprocess.Popen([sys.executable, "-m", "nanollama.chat_web", "--model-tag", tag, "--port", str(port), "--max-tokens", "200", *flags],
                              env=env, stdout=log, stderr=subprocess.STDOUT)
         procs.append((p, log))
         url = f"http://127.0.0.1:{port}"
@@ -44,7 +44,7 @@ def serve(chat_base_dir, tmp_path_factory):
             except httpx.TransportError: pass
             time.sleep(0.25)
         else: pytest.fail("server did not start within 60 s")
-        urls[tag] = url
+        urls[tag, flags] = url
         return url
 
     yield start
@@ -80,6 +80,17 @@ def test_openai_client(serve):
     assert len(r.choices) == 3 and all(c.finish_reason == "length" for c in r.choices)
     with pytest.raises(openai.BadRequestError, match="temperature"):
         client.chat.completions.create(model="html", messages=hi, temperature=9)
+
+
+def test_compiled_server_answers_as_the_eager_one(serve):
+    "--compile: the server compiles its decode step before it listens, then answers, streamed or not, what the eager one does."
+    client = openai.OpenAI(base_url=serve("html", "--compile") + "/v1", api_key="none", max_retries=0)
+    hi = [{"role": "user", "content": "hi"}]
+    assert client.chat.completions.create(model="html", messages=hi, temperature=0).choices[0].message.content == PAYLOAD
+    chunks = client.chat.completions.create(model="html", messages=hi, temperature=0, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == PAYLOAD
+    r = client.chat.completions.create(model="html", messages=hi, n=3, temperature=0)
+    assert [c.message.content for c in r.choices] == [PAYLOAD] * 3
 
 
 def test_sixteen_concurrent_streams(serve):
