@@ -55,7 +55,7 @@ def main(model_tag: str = None,  # checkpoint to chat with: base, sft, rl, chat 
         raise CliError("error: need --temperature >= 0, --top-k >= 0, 0 < --top-p <= 1 and --max-tokens >= 1")
     if compile: print("nanollama: compiling the decode step...", file=sys.stderr, flush=True)
     try: engine = load_engine(model_tag, step, device, compile)
-    except (FileNotFoundError, ValueError) as e: raise CliError(f"error: {e}") from None
+    except (FileNotFoundError, ValueError, RuntimeError) as e: raise CliError(f"error: {e}") from None
     sampling = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     try:
         if Prompt is None:

@@ -197,7 +197,7 @@ def main(model_tag: str = None,  # checkpoint to serve: base, sft, rl, chat or a
     "Serve a trained model: a chat page at / and an OpenAI-compatible API at /v1."
     if compile: print("nanollama: compiling the decode step...", flush=True)
     try: engine = load_engine(model_tag, step, device, compile)
-    except (FileNotFoundError, ValueError) as e: raise CliError(f"error: {e}") from None
+    except (FileNotFoundError, ValueError, RuntimeError) as e: raise CliError(f"error: {e}") from None
     if max_tokens >= engine.max_len:
         max_tokens = engine.max_len // 2
         print(f"nanollama: --max-tokens lowered to {max_tokens}, half of this model's {engine.max_len}-token context window")

@@ -176,5 +176,8 @@ def load_engine(model_tag: str | None = None, step: int | None = None, device: s
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}")
     engine = Engine(model, tokenizer, compile)
-    if compile: engine.generate([tokenizer.bos_id] * 4, max_tokens=3, temperature=0)  # compile here, not in the first reply
+    if compile:
+        try: engine.generate([tokenizer.bos_id] * 4, max_tokens=3, temperature=0)  # compile here, not in the first reply
+        except torch._dynamo.exc.BackendCompilerFailed as e:  # e.g. no C++ compiler on this machine
+            raise RuntimeError(f"could not compile the decode step ({str(e).splitlines()[0]}); run without compiling") from None
     return engine

@@ -34,6 +34,14 @@ def test_one_shot_compiled(env):
     assert "compiling the decode step" in r.stderr
 
 
+def test_compile_without_a_compiler_is_one_line(env, tmp_path):
+    "--compile on a machine with no working C++ compiler: a one-line error before the first prompt, not a traceback."
+    broken = {**env, "CXX": str(tmp_path / "no-such-g++"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}  # an empty cache: nothing to reuse
+    r = cli(broken, "--model-tag", "html", "-p", "hi", "--compile", timeout=300)
+    assert r.returncode == 1 and "could not compile the decode step" in r.stderr and "C++ compiler" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+
 def test_errors_are_one_line(env):
     for args, msg in [(["--model-tag", "nope", "-p", "hi"], "no checkpoint for model tag 'nope'"),
                       (["--model-tag", "html", "-p", "hi", "--top-p", "0"], "--top-p")]:
