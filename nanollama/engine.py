@@ -177,7 +177,7 @@ def load_engine(model_tag: str | None = None, step: int | None = None, device: s
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}")
     engine = Engine(model, tokenizer, compile)
     if compile:
-        try: engine.generate([tokenizer.bos_id] * 4, max_tokens=3, temperature=0)  # compile here, not in the first reply
+        try: engine.generate([tokenizer.bos_id], max_tokens=2, temperature=0)  # compile here, not in the first reply
         except torch._dynamo.exc.BackendCompilerFailed as e:  # e.g. no C++ compiler on this machine
             raise RuntimeError(f"could not compile the decode step ({str(e).splitlines()[0]}); run without compiling") from None
     return engine
