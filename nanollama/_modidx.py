@@ -151,6 +151,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'nanollama.engine.TextStream.__init__': ('engine.html#textstream.__init__', 'nanollama/engine.py'),
                                   'nanollama.engine.TextStream.push': ('engine.html#textstream.push', 'nanollama/engine.py'),
                                   'nanollama.engine.chat_widget': ('engine.html#chat_widget', 'nanollama/engine.py'),
+                                  'nanollama.engine.compile_step': ('engine.html#compile_step', 'nanollama/engine.py'),
                                   'nanollama.engine.load_engine': ('engine.html#load_engine', 'nanollama/engine.py'),
                                   'nanollama.engine.matmul_floor': ('engine.html#matmul_floor', 'nanollama/engine.py'),
                                   'nanollama.engine.sample_next': ('engine.html#sample_next', 'nanollama/engine.py')},
