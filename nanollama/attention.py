@@ -17,7 +17,9 @@ def causal_attention(q, k, v):
     "Causal attention of queries `(B, H, Tq, d)` over keys/values `(B, Hkv, Tk, d)`; the queries are the last `Tq` positions."
     Tq, Tk = q.size(2), k.size(2)
     if Tq == Tk: return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    if Tq == 1: return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    if Tq == 1:  # one new token: each KV head's g query heads become g query rows of one head
+        B, Hkv, _, d = k.shape
+        return F.scaled_dot_product_attention(q.view(B, Hkv, -1, d), k, v).view(q.shape)
     mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
 
