@@ -8,7 +8,8 @@ PyTorch) and with its decode step compiled (`Engine(..., compile=True)`, the cha
   - batch 1: tokens/s of greedy generation (a 32-token prompt, then --new-tokens tokens), ours vs HF, and the ratio;
   - 16 samples of one prompt: aggregate tokens/s (16 x new tokens / time) of our batched multi-sample generation,
     its ratio to our batch-1 rate, and HF's `num_return_sequences=16` for reference;
-  - the time torch.compile takes, once per process, for each of the two (batch 1, batches of several rows);
+  - the time torch.compile takes, once per process, for each of the two (batch 1, batches of several rows): the first
+    run on a machine pays for the C++ compiler, later ones mostly reuse PyTorch's on-disk cache;
   - time to first token after a --long-prompt-token prompt (the prefill, as a chat with a long history pays it);
   - the batch-1 floor: the time of the decode step's matrix-vector products alone (float32 weights read once per
     token, no other work), which bounds what any float32 engine can reach on this machine;
@@ -143,7 +144,7 @@ def main():
     print(f"| {k} samples, aggregate, compiled decode (tokens/s) | {rate(k * n, fast_k):.1f} | {rate(k * n, hf_k):.1f} | {hf_k / fast_k:.2f}x |")
     print(f"| first token after {args.long_prompt} prompt tokens (ms) | {ours_ttft * 1e3:.0f} | {hf_ttft * 1e3:.0f} | {hf_ttft / ours_ttft:.2f}x |")
     print(f"\n{k} samples vs batch 1 (ours): {ours_1 * k / ours_k:.2f}x the aggregate throughput; compiled: {fast_1 * k / fast_k:.2f}x")
-    print(f"compiling the decode step (once per process): {compile_1:.1f} s for batch 1, {compile_k:.1f} s for {k} rows")
+    print(f"compiling the decode step (once per process; less when PyTorch's on-disk cache has it): {compile_1:.1f} s for batch 1, {compile_k:.1f} s for {k} rows")
     print(f"batch-1 floor: the {sum(1 for m in ours.modules() if isinstance(m, torch.nn.Linear))} matrix-vector products alone "
           f"take {floor * 1e3:.2f} ms/token ({1 / floor:.0f} tokens/s, {hf_1 / n / floor:.2f}x HF); ours spends "
           f"{(ours_1 / n - floor) * 1e3:.2f} ms/token on everything else (compiled {(fast_1 / n - floor) * 1e3:.2f}), HF {(hf_1 / n - floor) * 1e3:.2f}")
