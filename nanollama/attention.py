@@ -19,7 +19,8 @@ def causal_attention(q, k, v):
     if Tq == Tk: return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     if Tq == 1:  # one new token: each KV head's g query heads become g query rows of one head
         B, Hkv, _, d = k.shape
-        return F.scaled_dot_product_attention(q.view(B, Hkv, -1, d), k, v).view(q.shape)
+        y = F.scaled_dot_product_attention(q.view(B, Hkv, -1, d), k, v)
+        return y.reshape(q.shape)  # not .view: SDPA's output strides vary (torch.export's version differs from eager's)
     mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
 
@@ -31,6 +32,13 @@ class KVCache:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.pos = 0  # number of positions filled so far
+
+    @classmethod
+    def over(cls, k: list, v: list, pos: int):
+        "A cache over existing per-layer key and value tensors, `pos` positions filled (a compiled step receives them so)."
+        cache = cls.__new__(cls)
+        cache.k, cache.v, cache.pos = list(k), list(v), pos
+        return cache
 
     @property
     def max_len(self): return self.k[0].size(2)

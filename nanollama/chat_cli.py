@@ -49,7 +49,7 @@ def main(model_tag: str = None,  # checkpoint to chat with: base, sft, rl, chat 
          max_tokens: int = 512,  # longest reply, in tokens
          seed: int = None,  # random seed, for reproducible replies
          device: str = None,  # cpu or cuda (default: cuda if available)
-         compile: bool = False):  # compile the decode step: faster replies, after 5-20 s of compiling at start
+         compile: bool = False):  # compile the decode step: faster replies, after 10-20 s of compiling at start
     "Chat with a trained nanollama model in the terminal, or answer one prompt with -p."
     if temperature < 0 or top_k < 0 or not 0 < top_p <= 1 or max_tokens < 1:
         raise CliError("error: need --temperature >= 0, --top-k >= 0, 0 < --top-p <= 1 and --max-tokens >= 1")

@@ -193,7 +193,7 @@ def main(model_tag: str = None,  # checkpoint to serve: base, sft, rl, chat or a
          top_p: float = 1.0,  # default top-p
          max_tokens: int = 512,  # default longest reply, in tokens (below the context window)
          device: str = None,  # cpu or cuda (default: cuda if available)
-         compile: bool = False):  # compile the decode step: faster replies, after 5-20 s of compiling at start
+         compile: bool = False):  # compile the decode step: faster replies, after 10-20 s of compiling at start
     "Serve a trained model: a chat page at / and an OpenAI-compatible API at /v1."
     if compile: print("nanollama: compiling the decode step...", flush=True)
     try: engine = load_engine(model_tag, step, device, compile)

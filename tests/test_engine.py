@@ -3,7 +3,7 @@ sampling obeys its settings and its seed, samples stop at <|eot_id|>, and the co
 import pytest
 import torch
 
-from nanollama.engine import Engine, TextStream, load_engine, sample_next
+from nanollama.engine import Engine, TextStream, compile_step, load_engine, sample_next
 from nanollama.llama import PRESETS, Llama, LlamaConfig
 from conftest import PAYLOAD, random_model
 
@@ -52,21 +52,37 @@ def test_generation_computes_one_row_of_logits_per_sample(engines):
 
 
 def test_compiled_decode_generates_what_eager_does_and_compiles_once(engines, chat_base_dir):
-    "`compile=True` changes speed only: the same greedy tokens, one sample or several; one compiled graph serves every position."
+    "`compile=True` changes speed only: the same greedy tokens, one sample or several, up to the context limit; one compiled step per row count."
     _, babble = engines
-    graphs = lambda: torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    before = graphs()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NANOLLAMA_BASE_DIR", str(chat_base_dir))
-        fast = load_engine("babble", device="cpu", compile=True)  # compiles while loading
-    assert graphs() == before + 1
-    for prompt_len, n in [(5, 30), (17, 9), (60, 50)]:  # new prompt lengths, cache lengths and positions
-        prompt = list(range(3, 3 + prompt_len))
-        assert fast.generate(prompt, temperature=0, max_tokens=n) == babble.generate(prompt, temperature=0, max_tokens=n)
-    assert graphs() == before + 1  # no recompilation
+        fast = load_engine("babble", device="cpu", compile=True)  # compiles the one-row step while loading
+    one_row = fast.steps[1]
+    limit = fast.max_len
+    for prompt_len, n in [(5, 30), (17, 9), (60, 50), (limit - 12, 40)]:  # new prompt and cache lengths; the last one runs into the context limit
+        prompt = [3 + i % 300 for i in range(prompt_len)]
+        out = fast.generate(prompt, temperature=0, max_tokens=n)
+        assert out == babble.generate(prompt, temperature=0, max_tokens=n) and len(out[0]) <= n
+    assert len(out[0]) == 12  # stopped at the last position of the context window
+    assert fast.steps == {1: one_row}  # the same compiled step served every length and position
     for k in (3, 5):
         assert fast.generate(prompt, num_samples=k, temperature=0, max_tokens=20) == babble.generate(prompt, num_samples=k, temperature=0, max_tokens=20)
-    assert graphs() == before + 2  # batches of several rows share one more graph
+    assert list(fast.steps) == [1, 2]  # any number of rows shares one more
+
+
+def test_compiled_step_updates_the_cache_like_the_forward_pass(engines):
+    "The compiled step returns the forward pass's logits and writes the same keys and values, at any position of a cache of any length."
+    _, babble = engines
+    model = babble.model
+    step = compile_step(model, 2)
+    for rows, length, pos in [(2, 10, 3), (4, 50, 49), (3, 33, 1)]:
+        compiled, eager = model.new_cache(rows, length), model.new_cache(rows, length)
+        with torch.no_grad():
+            for c in (compiled, eager): model(torch.randint(0, 300, (rows, pos), generator=torch.Generator().manual_seed(pos)), cache=c)
+            tokens = torch.randint(0, 300, (rows, 1), generator=torch.Generator().manual_seed(rows))
+            torch.testing.assert_close(step(tokens, compiled), model(tokens, cache=eager, last_only=True)[:, -1])
+        assert compiled.pos == eager.pos == pos + 1
+        for a, b in zip(compiled.k + compiled.v, eager.k + eager.v): torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
