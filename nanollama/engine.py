@@ -39,7 +39,7 @@ class Engine:
     def __init__(self, model: Llama, tokenizer, compile: bool = False):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.stop_ids = {tokenizer.eot_id, tokenizer.eos_id}
-        self.compile, self.steps = compile, {}  # compiled decode steps, made on first use: for 1 row, for several
+        self.compile, self.step = compile, None  # the compiled decode step, made on first use
 
     @property
     def max_len(self) -> int: return self.model.config.max_seq_len
@@ -47,9 +47,8 @@ class Engine:
     def decode(self, tokens, cache):
         "Each row's logits `(B, vocab)` for the token after `tokens` `(B, 1)`, the cache advanced: by the forward pass, or compiled."
         if not self.compile: return self.model(tokens, cache=cache, last_only=True)[:, -1]
-        rows = min(tokens.size(0), 2)  # one compiled step serves a single row, another any number of rows
-        if rows not in self.steps: self.steps[rows] = compile_step(self.model, rows)
-        return self.steps[rows](tokens, cache)
+        if self.step is None: self.step = compile_step(self.model)
+        return self.step(tokens, cache)
 
     def _fork(self, cache, n: int):
         "A cache with `n` rows, each a copy of the one-row `cache`."
@@ -116,16 +115,16 @@ class DecodeStep(nn.Module):
         return self.model(tokens, cache=KVCache.over(k, v, start), last_only=True)[:, -1]
 
 # %% ../nbs/14_engine.ipynb #fa4db939
-def compile_step(model: Llama, rows: int):
-    "`model`'s decode step compiled ahead of time for `rows` rows (1, or 2 for any number from 2): `step(tokens, cache) -> logits`."
+def compile_step(model: Llama):
+    "`model`'s decode step compiled ahead of time, for any number of rows and any cache length: `step(tokens, cache) -> logits`."
     step, device, n = DecodeStep(model).eval(), model.lm_head.weight.device, model.config.n_layer
-    example = model.new_cache(rows, 3)  # example inputs: what is not declared dynamic below is fixed by them
-    length, batch = Dim("cache_len", min=2, max=model.config.max_seq_len), (Dim("rows", min=2) if rows > 1 else None)
-    layer = {0: batch, 2: length} if batch else {2: length}
-    args = (torch.zeros(rows, 1, dtype=torch.long, device=device), torch.tensor(1, device=device), example.k, example.v)
+    example = model.new_cache(2, 3)  # example inputs: what is not declared dynamic below is fixed by them
+    batch, length = Dim("rows", min=1), Dim("cache_len", min=2, max=model.config.max_seq_len)
+    layer = {0: batch, 2: length}
+    args = (torch.zeros(2, 1, dtype=torch.long, device=device), torch.tensor(1, device=device), example.k, example.v)
     with torch.no_grad(), tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)`", FutureWarning)  # PyTorch's compiler, about its own code
-        program = torch.export.export(step, args, dynamic_shapes=({0: batch} if batch else None, None, [layer] * n, [layer] * n))
+        program = torch.export.export(step, args, dynamic_shapes=({0: batch}, None, [layer] * n, [layer] * n))
         package = torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(tmp, "step.pt2"),
                                                            inductor_configs={"aot_inductor.package_constants_in_so": False})
         compiled = torch._inductor.aoti_load_package(package)

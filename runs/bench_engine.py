@@ -8,8 +8,8 @@ PyTorch) and with its decode step compiled (`Engine(..., compile=True)`, the cha
   - batch 1: tokens/s of greedy generation (a 32-token prompt, then --new-tokens tokens), ours vs HF, and the ratio;
   - 16 samples of one prompt: aggregate tokens/s (16 x new tokens / time) of our batched multi-sample generation,
     its ratio to our batch-1 rate, and HF's `num_return_sequences=16` for reference;
-  - the time torch.compile takes, once per process, for each of the two (batch 1, batches of several rows): the first
-    run on a machine pays for the C++ compiler, later ones mostly reuse PyTorch's on-disk cache;
+  - the time compiling takes (torch.export, then AOTInductor's C++ compiler), once per engine: one compiled step
+    serves every batch size; less when PyTorch's on-disk cache already has the kernels;
   - time to first token after a --long-prompt-token prompt (the prefill, as a chat with a long history pays it);
   - the batch-1 floor: the time of the decode step's matrix-vector products alone (float32 weights read once per
     token, no other work), which bounds what any float32 engine can reach on this machine;
@@ -20,9 +20,11 @@ PyTorch) and with its decode step compiled (`Engine(..., compile=True)`, the cha
 Targets (issue): ours >= 2x HF at batch 1; 16 samples >= 5x the batch-1 aggregate throughput.
 The HF model gets our weights through nanollama.export_hf (Qwen3 architecture, since nano has QK-norm); soft-capping
 is off so that both compute the same logits, and greedy outputs are checked to be identical. Each measurement is
-repeated and the best kept (a busy machine only ever makes a run slower). Every timing includes the prompt's prefill.
+repeated and the best kept (a busy machine only ever makes a run slower), the runs compared in a row taking turns
+in each round, so that a change in the machine's load reaches them alike. Every timing includes the prompt's prefill.
 """
 import argparse
+import contextlib
 import os
 import platform
 import tempfile
@@ -54,13 +56,15 @@ def build(preset: str):
     return ours, hf
 
 
-def best_time(fn, repeats: int) -> tuple[float, object]:
-    "The fastest of `repeats` runs of `fn` (after one warm-up run), and its result."
-    out = fn()
-    times = []
+def best_times(fns: dict, repeats: int) -> dict:
+    """Each function's fastest of `repeats` rounds, and its result, after a warm-up round. The functions take turns in every
+    round, so that a change in the machine's load during the benchmark reaches all of them alike."""
+    best = {name: (float("inf"), fn()) for name, fn in fns.items()}
     for _ in range(repeats):
-        t = time.perf_counter(); out = fn(); times.append(time.perf_counter() - t)
-    return min(times), out
+        for name, fn in fns.items():
+            t = time.perf_counter(); out = fn(); t = time.perf_counter() - t
+            if t < best[name][0]: best[name] = (t, out)
+    return best
 
 
 def time_first(fn) -> float:
@@ -69,8 +73,9 @@ def time_first(fn) -> float:
     return time.perf_counter() - t
 
 
-def llama_cpp_greedy(model, tokenizer, prompt: list[int], n: int, repeats: int, tmp_dir: str):
-    "Best time for llama.cpp to prefill `prompt` and greedily decode `n` tokens from the float32 GGUF of `model`, and its tokens."
+@contextlib.contextmanager
+def llama_cpp_greedy(model, tokenizer, prompt: list[int], n: int, tmp_dir: str):
+    "A function that has llama.cpp prefill `prompt` and greedily decode `n` tokens from the float32 GGUF of `model`, returning them."
     import llama_cpp
     path = write_gguf(model, get_tokenizer(tokenizer), os.path.join(tmp_dir, "bench.gguf"), dtype="f32")
     llm = llama_cpp.Llama(str(path), n_ctx=len(prompt) + n, n_threads=torch.get_num_threads(),
@@ -80,7 +85,7 @@ def llama_cpp_greedy(model, tokenizer, prompt: list[int], n: int, repeats: int, 
         for t in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
             tokens.append(t)
             if len(tokens) == n: return tokens
-    try: return best_time(run, repeats)
+    try: yield run
     finally: llm.close()
 
 
@@ -107,35 +112,37 @@ def main():
 
     greedy = lambda e: e.generate(prompt[0].tolist(), temperature=0, max_tokens=n)
     sample = lambda e: e.generate(prompt[0].tolist(), num_samples=k, temperature=1.0, top_k=50, max_tokens=n, seed=0)
-    ours_1, ours_tokens = best_time(lambda: greedy(engine), args.repeats)
-    with torch.inference_mode(): hf_1, hf_tokens = best_time(lambda: hf.generate(prompt, do_sample=False, **hf_kw), args.repeats)
+    hf_generate = lambda idx, **kw: torch.inference_mode()(hf.generate)(idx, **kw)
+    compile_s = time_first(lambda: greedy(fast))  # one compiled step serves batch 1 and the samples
+    batch_1 = {"ours": lambda: greedy(engine), "compiled": lambda: greedy(fast), "hf": lambda: hf_generate(prompt, do_sample=False, **hf_kw)}
+    with contextlib.ExitStack() as stack:
+        try: batch_1["llama.cpp"] = stack.enter_context(llama_cpp_greedy(ours, args.tokenizer, prompt[0].tolist(), n, stack.enter_context(tempfile.TemporaryDirectory())))
+        except (ImportError, FileNotFoundError, ValueError) as e: cpp_skipped = e
+        t1 = best_times(batch_1, args.repeats)
+    (ours_1, ours_tokens), (fast_1, fast_tokens), (hf_1, hf_tokens) = t1["ours"], t1["compiled"], t1["hf"]
     assert ours_tokens[0] == hf_tokens[0, args.prompt_tokens:].tolist(), "greedy outputs differ: the weights were not mapped right"
-    compile_1, compile_k = time_first(lambda: greedy(fast)), time_first(lambda: sample(fast))
-    fast_1, fast_tokens = best_time(lambda: greedy(fast), args.repeats)
     assert fast_tokens == ours_tokens, "the compiled decode step changed the greedy output"
-    ours_k, samples = best_time(lambda: sample(engine), args.repeats)
+    tk = best_times({"ours": lambda: sample(engine), "compiled": lambda: sample(fast),
+                     "hf": lambda: hf_generate(prompt, do_sample=True, top_k=50, num_return_sequences=k, **hf_kw)}, args.repeats)
+    (ours_k, samples), (fast_k, _), (hf_k, _) = tk["ours"], tk["compiled"], tk["hf"]
     assert len(samples) == k and all(len(s) == n for s in samples)
-    fast_k, _ = best_time(lambda: sample(fast), args.repeats)
-    with torch.inference_mode():
-        hf_k, _ = best_time(lambda: hf.generate(prompt, do_sample=True, top_k=50, num_return_sequences=k, **hf_kw), args.repeats)
     long = torch.randint(0, ours.config.vocab_size, (1, args.long_prompt), generator=torch.Generator().manual_seed(2))
-    ours_ttft, _ = best_time(lambda: engine.generate(long[0].tolist(), temperature=0, max_tokens=1), args.repeats)
-    with torch.inference_mode():
-        hf_ttft, _ = best_time(lambda: hf.generate(long, do_sample=False, max_new_tokens=1, pad_token_id=0), args.repeats)
+    tt = best_times({"ours": lambda: engine.generate(long[0].tolist(), temperature=0, max_tokens=1),
+                     "hf": lambda: hf_generate(long, do_sample=False, max_new_tokens=1, pad_token_id=0)}, args.repeats)
+    ours_ttft, hf_ttft = tt["ours"][0], tt["hf"][0]
 
     floor = matmul_floor(ours)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            cpp_1, cpp_tokens = llama_cpp_greedy(ours, args.tokenizer, prompt[0].tolist(), n, args.repeats, tmp)
+    if "llama.cpp" in t1:
+        cpp_1, cpp_tokens = t1["llama.cpp"]
         cpp = f"{rate(n, cpp_1):.1f} tokens/s, {hf_1 / cpp_1:.2f}x HF, greedy outputs identical: {'yes' if cpp_tokens == ours_tokens[0] else 'no'}"
-    except (ImportError, FileNotFoundError, ValueError) as e: cpp = f"skipped ({e})"
+    else: cpp = f"skipped ({cpp_skipped})"
 
     c = ours.config
     print(f"# Engine decode benchmark: {args.preset} ({c.n_layer} layers, {c.n_embd} wide, {c.n_head} heads, {c.n_kv_head} KV heads, "
           f"vocab {c.vocab_size}, {ours.num_params() / 1e6:.1f}M params), float32 on the CPU")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, load average {os.getloadavg()[0]:.1f}")
-    print(f"prompt {args.prompt_tokens} tokens, {n} new tokens, best of {args.repeats}; greedy outputs identical: yes\n")
+    print(f"prompt {args.prompt_tokens} tokens, {n} new tokens, best of {args.repeats} rounds taken in turns; greedy outputs identical: yes\n")
     print("| run | nanollama Engine | HF generate | ratio |")
     print("|---|---:|---:|---:|")
     print(f"| batch 1, greedy (tokens/s) | {rate(n, ours_1):.1f} | {rate(n, hf_1):.1f} | {hf_1 / ours_1:.2f}x |")
@@ -144,7 +151,7 @@ def main():
     print(f"| {k} samples, aggregate, compiled decode (tokens/s) | {rate(k * n, fast_k):.1f} | {rate(k * n, hf_k):.1f} | {hf_k / fast_k:.2f}x |")
     print(f"| first token after {args.long_prompt} prompt tokens (ms) | {ours_ttft * 1e3:.0f} | {hf_ttft * 1e3:.0f} | {hf_ttft / ours_ttft:.2f}x |")
     print(f"\n{k} samples vs batch 1 (ours): {ours_1 * k / ours_k:.2f}x the aggregate throughput; compiled: {fast_1 * k / fast_k:.2f}x")
-    print(f"compiling the decode step (once per process; less when PyTorch's on-disk cache has it): {compile_1:.1f} s for batch 1, {compile_k:.1f} s for {k} rows")
+    print(f"compiling the decode step (once per engine; less when PyTorch's on-disk cache has the kernels): {compile_s:.1f} s")
     print(f"batch-1 floor: the {sum(1 for m in ours.modules() if isinstance(m, torch.nn.Linear))} matrix-vector products alone "
           f"take {floor * 1e3:.2f} ms/token ({1 / floor:.0f} tokens/s, {hf_1 / n / floor:.2f}x HF); ours spends "
           f"{(ours_1 / n - floor) * 1e3:.2f} ms/token on everything else (compiled {(fast_1 / n - floor) * 1e3:.2f}), HF {(hf_1 / n - floor) * 1e3:.2f}")
