@@ -116,7 +116,9 @@ def main():
     compile_s = time_first(lambda: greedy(fast))  # one compiled step serves batch 1 and the samples
     batch_1 = {"ours": lambda: greedy(engine), "compiled": lambda: greedy(fast), "hf": lambda: hf_generate(prompt, do_sample=False, **hf_kw)}
     with contextlib.ExitStack() as stack:
-        try: batch_1["llama.cpp"] = stack.enter_context(llama_cpp_greedy(ours, args.tokenizer, prompt[0].tolist(), n, stack.enter_context(tempfile.TemporaryDirectory())))
+        try:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory())
+            batch_1["llama.cpp"] = stack.enter_context(llama_cpp_greedy(ours, args.tokenizer, prompt[0].tolist(), n, tmp))
         except (ImportError, FileNotFoundError, ValueError) as e: cpp_skipped = e
         t1 = best_times(batch_1, args.repeats)
     (ours_1, ours_tokens), (fast_1, fast_tokens), (hf_1, hf_tokens) = t1["ours"], t1["compiled"], t1["hf"]
