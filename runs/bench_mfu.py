@@ -10,7 +10,7 @@ import argparse, statistics, time
 
 import torch
 
-from nanollama.base_train import measure_cpu_peak_flops
+from nanollama.train import measure_cpu_peak_flops
 from nanollama.llama import Llama, LlamaConfig
 from nanollama.optim import build_optimizers
 

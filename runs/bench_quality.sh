@@ -20,7 +20,7 @@ rows = []
 for arch in ("llama", "gpt2"):
     d = checkpoints_dir() / f"quality-{arch}"
     m = json.loads((d / f"meta_{complete_steps(d)[-1]:06d}.json").read_text())
-    rows.append((arch, m["step"], m["val_bpb"]))
+    rows.append((arch, m["step"], m["metrics"]["val_bpb"]))
 print(f"{'model':8s} {'steps':>6s} {'val bpb':>8s}")
 for arch, step, bpb in rows: print(f"{arch:8s} {step:6d} {bpb:8.4f}")
 print(f"Llama's bpb is {rows[1][2] / rows[0][2]:.3f}x lower than the GPT-2 baseline's in the same time")

@@ -42,7 +42,7 @@ def test_torchrun_two_ranks_match_one_process(base_dir):
     assert "parameters identical on all 2 ranks" in r.stdout
     single, ddp = final_meta(base_dir, "single"), final_meta(base_dir, "ddp")
     assert single["step"] == ddp["step"] == 4
-    assert abs(single["loss"] - ddp["loss"]) < 1e-5 and abs(single["val_bpb"] - ddp["val_bpb"]) < 1e-5
+    assert abs(single["metrics"]["loss"] - ddp["metrics"]["loss"]) < 1e-5 and abs(single["metrics"]["val_bpb"] - ddp["metrics"]["val_bpb"]) < 1e-5
     # weights are not compared element by element: Adam's first steps are ~lr * sign(grad), so coordinates whose
     # gradient is ~0 can flip with the summation order; the loss and bpb above depend on all of them.
 
@@ -129,4 +129,4 @@ def test_bfloat16_on_cpu_trains_and_measures_mfu_in_bfloat16(base_dir):
     r = run(base_dir, *TINY, "--device-batch-size=8", "--total-batch-size=512", "--dtype=bfloat16", "--model-tag=bf16")
     assert "bfloat16 matmuls measured on this CPU" in r.stdout
     meta = final_meta(base_dir, "bf16")
-    assert meta["step"] == 4 and 0 < meta["loss"] < 7.0  # finite, near ln(512) = 6.24 after 4 steps
+    assert meta["step"] == 4 and 0 < meta["metrics"]["loss"] < 7.0  # finite, near ln(512) = 6.24 after 4 steps
