@@ -1,6 +1,7 @@
 """`python -m nanollama.chat_cli` end to end, as a user runs it: one-shot `-p`, clean errors, and an interactive session
 in a pseudo-terminal (streaming, /clear, Ctrl-C while the model writes and at the prompt, Ctrl-D)."""
 import os
+import signal
 import subprocess
 import sys
 
@@ -49,9 +50,14 @@ def test_errors_are_one_line(env):
         assert r.returncode == 1 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+def default_sigint():
+    "Ctrl-C reaches the child as KeyboardInterrupt even when the tests run in a background job, which ignores SIGINT."
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interactive_session(env):
     child = pexpect.spawn(sys.executable, ["-m", "nanollama.chat_cli", "--model-tag", "html", "--temperature", "0"],
-                          env=env, encoding="utf-8", timeout=60, dimensions=(40, 400))
+                          env=env, preexec_fn=default_sigint, encoding="utf-8", timeout=60, dimensions=(40, 400))
     try:
         child.expect_exact("User: ")
         child.sendline("hi")
@@ -77,7 +83,7 @@ def test_interactive_session(env):
 
 def test_ctrl_c_stops_a_reply(env):
     child = pexpect.spawn(sys.executable, ["-m", "nanollama.chat_cli", "--model-tag", "babble", "--temperature", "0",
-                                           "--max-tokens", "2000"], env=env, encoding="utf-8", timeout=60)
+                                           "--max-tokens", "2000"], env=env, preexec_fn=default_sigint, encoding="utf-8", timeout=60)
     try:
         child.expect_exact("User: ")
         child.sendline("Tell me a long story.")
