@@ -207,7 +207,7 @@ class Pretraining:
         self.ckpt_dir = checkpoints_dir() / tc.model_tag
         print0(describe(tc, self.plan, self.world, self.device))
 
-# %% ../nbs/13_base_train.ipynb #c51c2524
+# %% ../nbs/13_base_train.ipynb #689d161f
 def make_optimizers(tc: TrainConfig, model) -> list:
     "Muon + AdamW for a Llama (lesson 06); AdamW for every parameter of the GPT-2 baseline (lesson 05a)."
     if isinstance(model, GPT2): return gpt2_optimizers(model, tc.adamw_lr)
@@ -246,10 +246,7 @@ def start(self: Pretraining) -> TrainLoop:
     if state is not None: self.restore(state, loop)
     elif self.rank == 0 and (old := clear_checkpoints(tc.model_tag)):
         print0(f"a new run: the {len(old)} checkpoints of {tc.model_tag!r} from an earlier run (steps {old[0]}-{old[-1]}) are replaced")
-    if self.rank == 0:
-        loop.mfu = mfu_meter(self.device, mm_dtype, self.plan.flops_per_token)
-        source = f"{mm_dtype}".removeprefix("torch.") + " matmuls measured on this CPU" if self.device.type == "cpu" else "the GPU's dense bf16 datasheet figure"
-        if loop.mfu.peak: print0(f"MFU reference: {loop.mfu.peak / 1e12:.3g} TFLOP/s, {source}")
+    if self.rank == 0: loop.mfu = mfu_meter(self.device, mm_dtype, self.plan.flops_per_token)
     return loop
 
 @patch

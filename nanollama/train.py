@@ -166,7 +166,7 @@ def peak_flops(device: torch.device, dtype=torch.float32) -> float | None:
         return next((v for k, v in GPU_PEAK_FLOPS.items() if k in name), None)
     return None
 
-# %% ../nbs/12a_train.ipynb #994fa18d
+# %% ../nbs/12a_train.ipynb #223a2692
 class MFU:
     "Model FLOPs utilisation of a run: FLOPs per token × tokens/s over a peak; never above 1 (`nan` when it cannot be right)."
     def __init__(self, flops_per_token: int, peak: float | None, remeasure: Callable | None = None, say=print0, retries: int = 3):
@@ -189,9 +189,13 @@ class MFU:
         return float("nan")
 
 def mfu_meter(device, dtype, flops_per_token: int, say=print0) -> MFU:
-    "The `MFU` of a run on `device` in `dtype`; on a CPU the peak is measured now and again when a step beats it."
-    remeasure = (lambda: measure_cpu_peak_flops(dtype=dtype)) if device.type == "cpu" else None
-    return MFU(flops_per_token, peak_flops(device, dtype), remeasure, say)
+    "The `MFU` of a run on `device` in `dtype`, saying what its peak is; on a CPU it is measured now and again when a step beats it."
+    cpu = device.type == "cpu"
+    meter = MFU(flops_per_token, peak_flops(device, dtype), (lambda: measure_cpu_peak_flops(dtype=dtype)) if cpu else None, say)
+    if meter.peak:
+        source = f"{dtype}".removeprefix("torch.") + " matmuls measured on this CPU" if cpu else "the GPU's dense bf16 datasheet figure"
+        say(f"MFU reference: {meter.peak / 1e12:.3g} TFLOP/s, {source}")
+    return meter
 
 # %% ../nbs/12a_train.ipynb #5e030754
 @dataclass
