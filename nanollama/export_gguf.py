@@ -6,7 +6,7 @@
 __all__ = ['GGUF_DTYPES', 'gguf_arch', 'halves_to_adjacent', 'gguf_name', 'gguf_tensors', 'spm_vocab', 'check_dtype',
            'warn_softcap', 'write_gguf', 'load_for_export', 'run_export', 'main']
 
-# %% ../nbs/20_export_gguf.ipynb #8aaebb3f
+# %% ../nbs/20_export_gguf.ipynb #6c3180f4
 import warnings
 from pathlib import Path
 import gguf
@@ -16,7 +16,7 @@ from gguf import GGMLQuantizationType, LlamaFileType, MODEL_TENSOR, TokenType
 from .checkpoint import load_model, tokenizer_file
 from .common import atomic_write
 from .llama import Llama
-from .tokenizer import LLAMA3_CHAT_TEMPLATE, Tokenizer, get_tokenizer
+from .tokenizer import LLAMA31_CHAT_TEMPLATE, Tokenizer, get_tokenizer
 
 # %% ../nbs/20_export_gguf.ipynb #f18ed858
 def gguf_arch(config) -> str:
@@ -77,7 +77,7 @@ def check_dtype(tensors: dict[str, torch.Tensor], dtype: str):
     if bad: raise ValueError(f"{dtype} stores rows in blocks of {block} values, and these rows are not multiples of {block}: "
                              f"{', '.join(bad[:3])}{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}")
 
-# %% ../nbs/20_export_gguf.ipynb #fbdd7e93
+# %% ../nbs/20_export_gguf.ipynb #2a068192
 def warn_softcap(config, target: str):
     "Warn that `target` does not apply the model's logit soft-cap."
     warnings.warn(f"this model soft-caps its logits at {config.softcap:g}, and {target} has no cap: greedy output is identical, "
@@ -103,7 +103,7 @@ def write_gguf(model: Llama, tok: Tokenizer, path, dtype: str = "f32", name: str
     w.add_tokenizer_model("llama"); w.add_token_list(pieces); w.add_token_scores(scores); w.add_token_types(types)
     w.add_bos_token_id(tok.bos_id); w.add_eos_token_id(tok.eot_id); w.add_unk_token_id(tok.sp.unk_id())
     w.add_add_bos_token(True); w.add_add_eos_token(False); w.add_add_space_prefix(False)
-    w.add_chat_template(LLAMA3_CHAT_TEMPLATE)
+    w.add_chat_template(LLAMA31_CHAT_TEMPLATE)
     for tensor_name, t in tensors.items():
         t_type = qtype if t.ndim == 2 else GGMLQuantizationType.F32
         w.add_tensor(tensor_name, gguf.quants.quantize(t.numpy(), t_type), raw_dtype=t_type)

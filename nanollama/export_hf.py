@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['hf_config', 'hf_state_dict', 'hf_tokenizer', 'write_hf', 'main']
 
-# %% ../nbs/21_export_hf.ipynb #0756754a
+# %% ../nbs/21_export_hf.ipynb #fb6e686a
 import json
 import os
 import shutil
@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, normalizers, processors
 from .export_gguf import load_for_export, run_export, warn_softcap
 from .llama import Llama, LlamaConfig
-from .tokenizer import LLAMA3_CHAT_TEMPLATE, SPACE, SPECIAL_TOKENS, Tokenizer
+from .tokenizer import LLAMA31_CHAT_TEMPLATE, SPACE, SPECIAL_TOKENS, Tokenizer
 
 # %% ../nbs/21_export_hf.ipynb #147341f3
 def hf_config(c: LlamaConfig, bos_id: int = 1, eos_id: int = 5) -> dict:
@@ -44,7 +44,7 @@ def hf_state_dict(model: Llama) -> dict[str, torch.Tensor]:
         if c.qk_norm: sd[p + "self_attn.q_norm.weight"], sd[p + "self_attn.k_norm.weight"] = ones(c.head_dim), ones(c.head_dim)
     return sd
 
-# %% ../nbs/21_export_hf.ipynb #afae3cb8
+# %% ../nbs/21_export_hf.ipynb #0d2a1e25
 def hf_tokenizer(tok: Tokenizer) -> HFTokenizer:
     "A `tokenizers` BPE tokenizer that gives our SentencePiece tokenizer's ids, with BOS first."
     sp = tok.sp
@@ -54,13 +54,13 @@ def hf_tokenizer(tok: Tokenizer) -> HFTokenizer:
     merges = [(p[:k], p[k:]) for p in map(sp.id_to_piece, merged) for k in range(1, len(p)) if p[:k] in vocab and p[k:] in vocab]
     t = HFTokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=sp.id_to_piece(sp.unk_id()), byte_fallback=True, fuse_unk=True))
     t.normalizer = normalizers.Replace(" ", SPACE)
-    t.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIAL_TOKENS])
+    t.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in tok.specials])  # an older tokenizer has no tool tokens
     t.post_processor = processors.TemplateProcessing(single=f"{SPECIAL_TOKENS[0]} $A", pair=f"{SPECIAL_TOKENS[0]} $A {SPECIAL_TOKENS[0]} $B",
                                                      special_tokens=[(SPECIAL_TOKENS[0], tok.bos_id)])
     t.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
     return t
 
-# %% ../nbs/21_export_hf.ipynb #a2c816c4
+# %% ../nbs/21_export_hf.ipynb #0d683f56
 def write_hf(model: Llama, tok: Tokenizer, out) -> Path:
     "Write `model` and its tokenizer as a Hugging Face folder `out` that `from_pretrained` loads; replaces an earlier export."
     out, c = Path(out), model.config
@@ -76,7 +76,7 @@ def write_hf(model: Llama, tok: Tokenizer, out) -> Path:
         save_file({k: v.detach().float().contiguous() for k, v in hf_state_dict(model).items()}, new / "model.safetensors", metadata={"format": "pt"})
         hf_tokenizer(tok).save(str(new / "tokenizer.json"))
         tok_config = dict(tokenizer_class="PreTrainedTokenizerFast", bos_token=SPECIAL_TOKENS[0], eos_token="<|eot_id|>",
-                          chat_template=LLAMA3_CHAT_TEMPLATE,
+                          chat_template=LLAMA31_CHAT_TEMPLATE,
                           model_max_length=c.max_seq_len, clean_up_tokenization_spaces=False)
         (new / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
         (new / "generation_config.json").write_text(json.dumps(dict(bos_token_id=tok.bos_id, eos_token_id=[tok.eot_id, tok.eos_id]), indent=2))

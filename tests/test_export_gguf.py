@@ -18,7 +18,7 @@ import nanollama.export_gguf as export_gguf
 from nanollama.checkpoint import save_checkpoint
 from nanollama.dataset import embedded_text
 from nanollama.export_gguf import main, write_gguf
-from nanollama.tokenizer import LLAMA3_CHAT_TEMPLATE
+from nanollama.tokenizer import LLAMA31_CHAT_TEMPLATE
 from nanollama.llama import Llama, LlamaConfig
 
 TEXTS = [
@@ -35,7 +35,18 @@ CHATS = [
      {"role": "assistant", "content": "4."}, {"role": "user", "content": "  And 3+3?  "},
      {"role": "assistant", "content": "6, I think. 🙂\nSure."}],
     [{"role": "user", "content": "Write code:\n\n    def f():\n\treturn 1\n"}, {"role": "assistant", "content": "日本語 123"}],
+    [{"role": "user", "content": "Half of 48, then count the r's in strawberry."},
+     {"role": "assistant", "content": "Half of 48 is", "tool_call": "48/2"}, {"role": "ipython", "content": "24"},
+     {"role": "assistant", "content": "24. And", "tool_call": '"strawberry".count("r")'}, {"role": "ipython", "content": "3"},
+     {"role": "assistant", "content": "3 r's."}],
 ]
+CHAT_IDS = ["one", "multi", "code", "tool"]
+
+
+def prompt_of(chat):
+    "The conversation up to its last user message: what the model is asked to answer."
+    last_user = max(i for i, m in enumerate(chat) if m["role"] == "user")
+    return chat[:last_user + 1]
 
 
 def load_gguf(path, n_ctx=256):
@@ -127,23 +138,28 @@ def test_tokenizer_matches(exported, export_tok):
         assert llm.tokenize(s.encode(), add_bos=False, special=False) == export_tok.encode(s), repr(s[:40])
         assert llm.tokenize(s.encode(), add_bos=True, special=False) == export_tok.encode(s, bos=True), repr(s[:40])
         assert llm.detokenize(export_tok.encode(s)).decode() == s, repr(s[:40])
-    specials = [export_tok.bos_id, export_tok.start_header_id, export_tok.end_header_id, export_tok.eot_id, export_tok.eos_id]
+    specials = [export_tok.bos_id, export_tok.start_header_id, export_tok.end_header_id, export_tok.eot_id, export_tok.eos_id,
+                export_tok.python_tag_id, export_tok.eom_id]
     assert llm.tokenize("".join(map(export_tok.decode, [[i] for i in specials])).encode(), add_bos=False, special=True) == specials
     assert (llm.token_bos(), llm.token_eos()) == (export_tok.bos_id, export_tok.eot_id)
 
 
-@pytest.mark.parametrize("chat", CHATS, ids=["one", "multi", "code"])
+@pytest.mark.parametrize("chat", CHATS, ids=CHAT_IDS)
 def test_chat_template_gives_our_ids(exported, export_tok, chat):
     llm = exported["llama"][1]
-    assert llm.metadata["tokenizer.chat_template"] == LLAMA3_CHAT_TEMPLATE
+    template = llm.metadata["tokenizer.chat_template"]
+    assert template == LLAMA31_CHAT_TEMPLATE
+    # llama-cpp-python's Jinja path (its server and create_chat_completion) with the file's template, which renders BOS
+    # itself; llama.cpp's tokenizer parses <|python_tag|> and <|eom_id|> as the control tokens
+    jinja = lambda messages, prompt: Jinja2ChatFormatter(template, eos_token="<|eot_id|>", bos_token="<|begin_of_text|>",
+                                                         add_generation_prompt=prompt)(messages=messages).prompt
+    assert llm.tokenize(jinja(chat, False).encode(), add_bos=False, special=True) == export_tok.render_conversation(chat)[0]
+    assert llm.tokenize(jinja(prompt_of(chat), True).encode(), add_bos=False, special=True) == export_tok.render_for_completion(chat)
+    if any("tool_call" in m for m in chat): return  # llama.cpp's C function takes only a role and a content per message
     # llama.cpp's own C++ chat formatting (recognises the template as Llama 3's), then tokenization with specials
     assert llm.tokenize(llama_cpp_chat(llm, chat).encode(), add_bos=True, special=True) == export_tok.render_conversation(chat)[0]
-    prompt = llama_cpp_chat(llm, chat[:-1] if chat[-1]["role"] == "assistant" else chat, add_assistant=True)
+    prompt = llama_cpp_chat(llm, prompt_of(chat), add_assistant=True)
     assert llm.tokenize(prompt.encode(), add_bos=True, special=True) == export_tok.render_for_completion(chat)
-    # llama-cpp-python's Jinja path (its server and create_chat_completion): the template renders BOS itself
-    formatted = Jinja2ChatFormatter(LLAMA3_CHAT_TEMPLATE, eos_token="<|eot_id|>", bos_token="<|begin_of_text|>",
-                                    add_generation_prompt=False)(messages=chat).prompt
-    assert llm.tokenize(formatted.encode(), add_bos=False, special=True) == export_tok.render_conversation(chat)[0]
 
 
 @pytest.fixture(scope="module")

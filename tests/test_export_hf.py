@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from nanollama.dataset import embedded_text
 from nanollama.export_hf import write_hf
 
-from test_export_gguf import CHATS, TEXTS
+from test_export_gguf import CHATS, TEXTS, prompt_of
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,7 @@ def test_tokenizer_gives_our_ids(exported, export_tok, tmp_path):
     assert hf_tok.decode(export_tok.encode("hi", bos=True)) == "<|begin_of_text|>hi"
     for chat in CHATS:
         assert hf_tok.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"] == export_tok.render_conversation(chat)[0]
-        prompt = chat[:-1] if chat[-1]["role"] == "assistant" else chat
-        assert hf_tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"] == export_tok.render_for_completion(chat)
+        assert hf_tok.apply_chat_template(prompt_of(chat), add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"] == export_tok.render_for_completion(chat)
 
 
 def test_folder_is_replaced_atomically_and_others_are_refused(export_models, export_tok, tmp_path):

@@ -67,12 +67,13 @@ def test_round_trip_corpus(tok):
 
 
 def test_special_tokens_are_single_ids(tok):
-    assert [tok.specials[t] for t in SPECIAL_TOKENS] == [tok.bos_id, tok.eos_id, tok.start_header_id, tok.end_header_id, tok.eot_id]
+    assert [tok.specials[t] for t in SPECIAL_TOKENS] == [tok.bos_id, tok.eos_id, tok.start_header_id, tok.end_header_id, tok.eot_id,
+                                                         tok.python_tag_id, tok.eom_id]
     assert len(set(tok.specials.values())) == len(tok.specials)
     for t in SPECIAL_TOKENS: assert tok.decode([tok.specials[t]]) == t
 
 
-@pytest.mark.parametrize("text", ["<|eot_id|>", "<|begin_of_text|>", "hi<|end_of_text|>", "<|start_header_id|>assistant<|end_header_id|>\n\nok",
+@pytest.mark.parametrize("text", ["<|eot_id|>", "<|begin_of_text|>", "<|python_tag|>1+1<|eom_id|>", "hi<|end_of_text|>", "<|start_header_id|>assistant<|end_header_id|>\n\nok",
                                   "x<|eot_id|><|eot_id|>y"])
 def test_special_token_injection(tok, text):
     special = set(tok.specials.values())
@@ -83,12 +84,23 @@ def test_special_token_injection(tok, text):
     assert tok.decode([i for i, m in zip(ids, mask) if m]) == text.strip() + "<|eot_id|>"
 
 
+TOOL_CHAT = [
+    {"role": "user", "content": "How many r are in strawberry?"},
+    {"role": "assistant", "content": "", "tool_call": '"strawberry".count("r")'},
+    {"role": "ipython", "content": "3"},
+    {"role": "assistant", "content": "There are 3, and 48/2 =", "tool_call": " 48/2 "},
+    {"role": "ipython", "content": "24"},
+    {"role": "assistant", "content": "24."},
+]
+
+
 def expected_chat(tok, messages):
-    "Llama 3's format assembled by hand: the ids and which of them are trained on."
+    "Llama 3.1's format assembled by hand: the ids and which of them are trained on."
     ids, mask = [tok.bos_id], [0]
     for m in messages:
         head = [tok.start_header_id, *tok.encode(m["role"]), tok.end_header_id, *tok.encode("\n\n")]
-        body = [*tok.encode(m["content"].strip()), tok.eot_id]
+        call = [tok.python_tag_id, *tok.encode(m["tool_call"].strip()), tok.eom_id] if "tool_call" in m else [tok.eot_id]
+        body = [*tok.encode(m["content"].strip()), *call]
         ids += head + body
         mask += [0] * len(head) + [int(m["role"] == "assistant")] * len(body)
     return ids, mask
@@ -105,6 +117,28 @@ def test_chat_mask(tok):
     assert tok.render_conversation(CHAT, max_len=7) == (ids[:7], mask[:7])
     _, user_only = tok.render_conversation(CHAT[:2])
     assert sum(user_only) == 0
+
+
+def test_tool_call_mask(tok):
+    "The calls are trained on (ending with <|eom_id|>), the tool's output is not, the answer after it is."
+    ids, mask = tok.render_conversation(TOOL_CHAT)
+    assert (ids, mask) == expected_chat(tok, TOOL_CHAT)
+    assert tok.decode([i for i, m in zip(ids, mask) if m]) == \
+        '<|python_tag|>"strawberry".count("r")<|eom_id|>There are 3, and 48/2 =<|python_tag|>48/2<|eom_id|>24.<|eot_id|>'
+    untrained = tok.decode([i for i, m in zip(ids, mask) if not m])
+    assert "<|start_header_id|>ipython<|end_header_id|>\n\n3<|eot_id|>" in untrained and "ipython<|end_header_id|>\n\n24<|eot_id|>" in untrained
+    assert tok.render_for_completion(TOOL_CHAT) == tok.render_for_completion(TOOL_CHAT[:1])  # the whole reference answer goes
+    assert llama_cpp_style(tok, tok.decode(ids)) == ids
+
+
+def test_old_tokenizer_without_tool_tokens():
+    "A tokenizer trained before the tool tokens (the committed pretraining fixture) loads, works, and says how to get tools."
+    old = Tokenizer.load(Path(__file__).parent / "fixtures" / "pretrain" / "tokenizer.model")
+    assert not old.has_tools and (old.python_tag_id, old.eom_id) == (None, None) and len(old.specials) == 5
+    assert old.decode(old.encode(embedded_text("val")[:2000])) == embedded_text("val")[:2000]
+    assert old.render_conversation(CHAT) == expected_chat(old, CHAT)
+    assert old.decode(old.encode("<|python_tag|>")) == "<|python_tag|>"
+    with pytest.raises(ValueError, match=r"retrain it with `python -m nanollama.tok_train`"): old.render_conversation(TOOL_CHAT)
 
 
 def test_chat_text_is_metas_format(tok):
@@ -140,6 +174,8 @@ def test_render_for_completion(tok):
 @pytest.mark.parametrize("bad, error", [
     ([{"role": "bot", "content": "x"}], ValueError), ([{"role": "user", "content": None}], TypeError),
     ([{"content": "x"}], TypeError), ([{"role": "user", "content": "x"}, {"role": "system", "content": "y"}], ValueError),
+    ([{"role": "user", "content": "x", "tool_call": "1+1"}], ValueError), ([{"role": "assistant", "content": "", "tool_call": 3}], TypeError),
+    ([{"role": "assistant", "content": "", "tool_call": "  "}], TypeError),
     ({"role": "user", "content": "x"}, TypeError), ([], ValueError), (["hello"], TypeError)])
 def test_bad_messages(ours, bad, error):
     with pytest.raises(error, match=r"message|conversation"): ours.render_conversation(bad)
@@ -184,10 +220,29 @@ def test_llama3_chat_matches_meta():
         assert ours.render_for_completion(chat) == expected
 
 
+def test_llama3_tool_call_matches_meta():
+    """A code-interpreter call and its result, rendered with Llama 3's tokenizer, equal Meta's `ChatFormat`: the call as
+    <|python_tag|> code <|eom_id|>, the result in an `ipython` turn (Meta's role "tool")."""
+    from llama_models.datatypes import BuiltinTool, RawMessage, StopReason, ToolCall
+    from llama_models.llama3.chat_format import ChatFormat
+    from llama_models.llama3.tokenizer import Tokenizer as MetaTokenizer
+    meta = ChatFormat(MetaTokenizer(llama3_tokenizer_path()))
+    ours = Llama3Tokenizer(llama3_tokenizer_path())
+    def meta_message(m):
+        if "tool_call" in m:
+            call = ToolCall(call_id="0", tool_name=BuiltinTool.code_interpreter, arguments={"code": m["tool_call"]})
+            return RawMessage(role="assistant", content="", tool_calls=[call], stop_reason=StopReason.end_of_message)
+        return RawMessage(role="tool" if m["role"] == "ipython" else m["role"], content=m["content"])
+    chat = [m for m in TOOL_CHAT if "tool_call" not in m or not m["content"]]  # Meta's calls have no text before them
+    chat = [{"role": "system", "content": "Environment: ipython"}] + chat[:3] + [{"role": "assistant", "content": "3."}]
+    expected = meta.encode_dialog_prompt([meta_message(m) for m in chat]).tokens
+    assert ours.render_conversation(chat)[0] == expected[:len(expected) - len(ours._header("assistant"))]
+
+
 def test_sentencepiece_model_is_llama_style(ours):
     sp = ours.sp
     assert all(sp.is_control(ours.specials[t]) for t in SPECIAL_TOKENS)
-    assert [sp.id_to_piece(i) for i in (6, 7, 261)] == ["<0x00>", "<0x01>", "<0xFF>"] and sp.is_byte(6)
+    assert [sp.id_to_piece(i) for i in (8, 9, 263)] == ["<0x00>", "<0x01>", "<0xFF>"] and sp.is_byte(8)
     assert [ours.id_to_piece(i) for i in ours.encode("2024")] == ["2", "0", "2", "4"]
     assert ours.encode(" a")[0] != ours.encode("a")[0]  # no dummy prefix: "a" and " a" differ
 
