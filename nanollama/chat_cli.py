@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['HELP', 'repl', 'main']
 
-# %% ../nbs/15_chat_cli.ipynb #057ef9a7
+# %% ../nbs/15_chat_cli.ipynb #e0c7da2e
 import sys
 from fastcore.script import CliError, call_parse
-from .engine import Engine, load_engine
+from .engine import Engine, ReplyStream, load_engine
 
-# %% ../nbs/15_chat_cli.ipynb #b9caa23b
+# %% ../nbs/15_chat_cli.ipynb #80c741cc
 HELP = "commands: /clear (new conversation), /quit (or Ctrl-D), /help; Ctrl-C stops a reply"
 
 def repl(engine: Engine, system: str | None = None, max_tokens: int = 256, read=input, **sampling):
@@ -27,15 +27,13 @@ def repl(engine: Engine, system: str | None = None, max_tokens: int = 256, read=
         if line.startswith("/"): print(HELP); continue
         if not line: continue
         messages.append({"role": "user", "content": line})
-        reply = ""
+        reply = ReplyStream(engine.tokenizer)
         print("Assistant: ", end="", flush=True)
         try:
-            for piece in engine.chat(messages, max_tokens=max_tokens, **sampling):
-                reply += piece
-                print(piece, end="", flush=True)
+            for piece in engine.chat(messages, max_tokens=max_tokens, reply=reply, **sampling): print(piece, end="", flush=True)
         except KeyboardInterrupt: print(" [stopped]", end="")
         print()
-        messages.append({"role": "assistant", "content": reply})
+        messages += reply.messages or [{"role": "assistant", "content": ""}]
 
 # %% ../nbs/15_chat_cli.ipynb #3ab28546
 @call_parse

@@ -176,9 +176,10 @@ def check_messages(messages):
             if not isinstance(m["tool_call"], str) or not m["tool_call"].strip():
                 raise TypeError(f"message {i}: tool_call must be a non-empty str (the code), got {m['tool_call']!r:.80}")
 
-# %% ../nbs/07_tokenizer.ipynb #9d50b1d8
+# %% ../nbs/07_tokenizer.ipynb #3989f087
 @patch
-def _header(self: ChatTokenizer, role: str) -> list[int]:
+def header(self: ChatTokenizer, role: str) -> list[int]:
+    "Ids of a message's header: `<|start_header_id|>role<|end_header_id|>` and a blank line."
     return [self.start_header_id] + self.encode(role) + [self.end_header_id] + self.encode("\n\n")
 
 @patch
@@ -196,7 +197,7 @@ def render_conversation(self: ChatTokenizer, messages: list[dict], max_len: int 
     if not messages: raise ValueError("a conversation needs at least one message")
     ids, mask = [self.bos_id], [0]
     for m in messages:
-        head, body = self._header(m["role"]), self._body(m)
+        head, body = self.header(m["role"]), self._body(m)
         ids += head + body
         mask += [0] * len(head) + [int(m["role"] == "assistant")] * len(body)
     return ids[:max_len], mask[:max_len]
@@ -207,7 +208,12 @@ def render_for_completion(self: ChatTokenizer, messages: list[dict]) -> list[int
     check_messages(messages)
     while messages and messages[-1]["role"] in ("assistant", "ipython"): messages = messages[:-1]
     ids = self.render_conversation(messages)[0] if messages else [self.bos_id]
-    return ids + self._header("assistant")
+    return ids + self.header("assistant")
+
+@patch
+def render_tool_output(self: ChatTokenizer, output: str) -> list[int]:
+    "The ids that follow a tool call: its output as an `ipython` message, then the assistant's header, so the reply goes on."
+    return self.header("ipython") + self._body({"role": "ipython", "content": output}) + self.header("assistant")
 
 # %% ../nbs/07_tokenizer.ipynb #73f5da84
 LLAMA31_CHAT_TEMPLATE = (  # Llama 3.1's layout: every role as in Llama 3, and a tool call as <|python_tag|> code <|eom_id|>

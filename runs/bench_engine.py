@@ -105,7 +105,7 @@ def main():
     rate = lambda tokens, t: tokens / t
 
     ours, hf = build(args.preset)
-    no_stop = SimpleNamespace(eot_id=-1, eos_id=-1)  # no stop tokens: every run decodes exactly n tokens
+    no_stop = SimpleNamespace(eot_id=-1, eos_id=-1, python_tag_id=-1, eom_id=-1, has_tools=False)  # no stop tokens, no tool calls: every run decodes exactly n tokens
     engine, fast = Engine(ours, no_stop), Engine(ours, no_stop, compile=True)
     prompt = torch.randint(0, ours.config.vocab_size, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(1))
     hf_kw = dict(max_new_tokens=n, min_new_tokens=n, eos_token_id=None, pad_token_id=0)

@@ -52,7 +52,12 @@ def export_models(export_base_dir, export_tok):
 # --- Chat tests (engine, chat_cli, chat_web): a tokenizer and two small trained models under a temporary base dir. ---
 # "html" memorised one reply that is full of HTML, to prove the page shows model output as text; "babble" was trained
 # on plain text only, so it never says <|eot_id|> and greedy replies run to the token limit (for the long-reply tests).
+# "calc" memorised one conversation with a tool call, so it makes the call and finishes once the engine forces the result.
 PAYLOAD = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script> & <b>not bold</b>'
+CALC_QUESTION = "How many r are in strawberry?"
+CALC_CHAT = [{"role": "user", "content": CALC_QUESTION},
+             {"role": "assistant", "content": "Counting:", "tool_call": '"strawberry".count("r")'},
+             {"role": "ipython", "content": "3"}, {"role": "assistant", "content": "There are 3."}]
 
 
 def _train(model, x, y, steps, lr):
@@ -69,17 +74,19 @@ def _train(model, x, y, steps, lr):
 
 @pytest.fixture(scope="session")
 def chat_base_dir(tmp_path_factory):
-    "A NANOLLAMA_BASE_DIR with the model tags `html` and `babble` (see above), each saved with its tokenizer."
+    "A NANOLLAMA_BASE_DIR with the model tags `html`, `babble` and `calc` (see above), each saved with its tokenizer."
     root = tmp_path_factory.mktemp("nanollama_chat")
     tok = Tokenizer.train([embedded_text("train")[:200_000]], vocab_size=512)
     tok.save(root / "tok.model")
     torch.manual_seed(0)
+    small = lambda: Llama(LlamaConfig(vocab_size=tok.vocab_size, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, max_seq_len=256))
     ids = torch.tensor([tok.render_conversation([{"role": "user", "content": "hi"}, {"role": "assistant", "content": PAYLOAD}])[0]])
-    chat = Llama(LlamaConfig(vocab_size=tok.vocab_size, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, max_seq_len=256))
-    _train(chat, ids[:, :-1], ids[:, 1:], steps=150, lr=1e-2)
+    chat = _train(small(), ids[:, :-1], ids[:, 1:], steps=150, lr=1e-2)
     text = torch.tensor(tok.encode(embedded_text("train")[:20_000]))[:8 * 65].view(8, 65)
     babble = Llama(LlamaConfig(vocab_size=tok.vocab_size, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, max_seq_len=2048))
     _train(babble, text[:, :-1], text[:, 1:], steps=60, lr=1e-2)
-    for tag, model in (("html", chat), ("babble", babble)):
+    ids = torch.tensor([tok.render_conversation(CALC_CHAT)[0]])
+    calc = _train(small(), ids[:, :-1], ids[:, 1:], steps=150, lr=1e-2)
+    for tag, model in (("html", chat), ("babble", babble), ("calc", calc)):
         save_checkpoint(tag, 1, model, tokenizer_file=root / "tok.model", root=root / "checkpoints")
     return root

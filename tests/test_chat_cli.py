@@ -8,7 +8,7 @@ import sys
 import pexpect
 import pytest
 
-from conftest import PAYLOAD
+from conftest import CALC_QUESTION, PAYLOAD
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +26,13 @@ def test_one_shot(env):
     assert r.stdout == PAYLOAD + "\n"
     r = cli(env, "--model-tag", "babble", "--prompt", "hi", "--max-tokens", "7", "--seed", "3")
     assert r.returncode == 0 and r.stdout == cli(env, "--model-tag", "babble", "-p", "hi", "--max-tokens", "7", "--seed", "3").stdout
+
+
+def test_one_shot_with_a_tool_call(env):
+    "The calc model calls the calculator; the reply shows the call and its result inline."
+    r = cli(env, "--model-tag", "calc", "-p", CALC_QUESTION, "--temperature", "0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == 'Counting: [python: "strawberry".count("r") → 3] There are 3.\n'
 
 
 def test_one_shot_compiled(env):

@@ -14,7 +14,8 @@ import httpx
 import openai
 import pytest
 
-from conftest import PAYLOAD
+from conftest import CALC_CHAT, CALC_QUESTION, PAYLOAD
+from nanollama.tokenizer import Tokenizer
 
 
 def free_port() -> int:
@@ -176,43 +177,88 @@ def assert_stops(url, before):
     assert generated < 1000, f"{generated} tokens generated for a client that left"
 
 
-def test_page_in_headless_chromium(serve, tmp_path):
+@pytest.fixture
+def browser(tmp_path):
+    "A headless Debian Chromium driven by Selenium."
     if not shutil.which("chromium") or not shutil.which("chromedriver"):
         pytest.fail("needs Debian's chromium and chromium-driver: runs/test.sh installs them")
     from selenium import webdriver
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
-
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium")
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--window-size=1000,700", f"--user-data-dir={tmp_path / 'profile'}"):
         opts.add_argument(flag)
     driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")))
-    try:
-        driver.set_page_load_timeout(30)
-        driver.get(serve("html") + "/")
-        WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "model").text == "html")
-        driver.execute_script("""  // count how often the reply's text changes: more than once means it streamed
-            window.__updates = 0;
-            new MutationObserver(() => window.__updates++).observe(document.getElementById('messages'),
-                {subtree: true, childList: true, characterData: true});""")
-        driver.find_element(By.ID, "temperature").clear()
-        driver.find_element(By.ID, "temperature").send_keys("0")
-        box = driver.find_element(By.ID, "input")
-        box.send_keys("hi")
-        box.send_keys(Keys.ENTER)
-        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".assistant[data-done]"))
-        reply = driver.find_element(By.CSS_SELECTOR, ".assistant .content")
-        assert reply.get_attribute("textContent") == PAYLOAD  # the markup shows as characters
-        assert driver.find_element(By.CSS_SELECTOR, ".user .content").text == "hi"
-        assert driver.find_elements(By.CSS_SELECTOR, "#messages img, #messages script, #messages b") == []
-        assert driver.execute_script("return window.__xss") is None  # neither the onerror nor the script ran
-        assert driver.execute_script("return window.__updates") > 5
-        driver.save_screenshot(str(tmp_path / "chat.png"))
-        # a second turn goes through the same conversation
-        box.send_keys("hi again", Keys.ENTER)
-        WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".assistant[data-done]")) == 2)
-        assert not driver.find_elements(By.CSS_SELECTOR, ".error")
+    driver.set_page_load_timeout(30)
+    try: yield driver
     finally: driver.quit()
+
+
+def open_page(driver, url, tag, temperature="0"):
+    "Open the chat page of the server at `url`, wait for its model name, set the temperature; return the message box."
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    driver.get(url + "/")
+    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "model").text == tag)
+    driver.find_element(By.ID, "temperature").clear()
+    driver.find_element(By.ID, "temperature").send_keys(temperature)
+    return driver.find_element(By.ID, "input")
+
+
+def replies_done(driver, n):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".assistant[data-done]")) == n)
+
+
+def test_page_in_headless_chromium(serve, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    driver = browser
+    box = open_page(driver, serve("html"), "html")
+    driver.execute_script("""  // count how often the reply's text changes: more than once means it streamed
+        window.__updates = 0;
+        new MutationObserver(() => window.__updates++).observe(document.getElementById('messages'),
+            {subtree: true, childList: true, characterData: true});""")
+    box.send_keys("hi", Keys.ENTER)
+    replies_done(driver, 1)
+    reply = driver.find_element(By.CSS_SELECTOR, ".assistant .content")
+    assert reply.get_attribute("textContent") == PAYLOAD  # the markup shows as characters
+    assert driver.find_element(By.CSS_SELECTOR, ".user .content").text == "hi"
+    assert driver.find_elements(By.CSS_SELECTOR, "#messages img, #messages script, #messages b") == []
+    assert driver.execute_script("return window.__xss") is None  # neither the onerror nor the script ran
+    assert driver.execute_script("return window.__updates") > 5
+    driver.save_screenshot(str(tmp_path / "chat.png"))
+    # a second turn goes through the same conversation
+    box.send_keys("hi again", Keys.ENTER)
+    replies_done(driver, 2)
+    assert not driver.find_elements(By.CSS_SELECTOR, ".error")
+
+
+def test_tool_call_shown_in_the_page(serve, browser):
+    "The page shows the calc model's tool call and result as a box, as text, and its next request sends them back."
+    from selenium.webdriver.common.by import By
+    box = open_page(browser, serve("calc"), "calc")
+    box.send_keys(CALC_QUESTION, "\n")
+    replies_done(browser, 1)
+    reply = browser.find_element(By.CSS_SELECTOR, ".assistant .content")
+    assert reply.get_attribute("textContent") == 'Counting:python: "strawberry".count("r") → 3There are 3.'
+    assert [t.text for t in reply.find_elements(By.CSS_SELECTOR, ".tool")] == ['python: "strawberry".count("r") → 3']
+    box.send_keys(CALC_QUESTION, "\n")
+    replies_done(browser, 2)
+    assert not browser.find_elements(By.CSS_SELECTOR, ".error")
+
+
+def test_tool_call_through_the_api(serve, chat_base_dir):
+    """The API returns the tool call shown inline; sent back in the next request, it is read as the tool turns the model
+    wrote (the prompt is exactly the rendered conversation), not as text."""
+    client = openai.OpenAI(base_url=serve("calc") + "/v1", api_key="none", max_retries=0)
+    ask = [{"role": "user", "content": CALC_QUESTION}]
+    r = client.chat.completions.create(model="calc", messages=ask, temperature=0)
+    shown = r.choices[0].message.content
+    assert shown == 'Counting: [python: "strawberry".count("r") → 3] There are 3.' and r.choices[0].finish_reason == "stop"
+    tok = Tokenizer.load(chat_base_dir / "tok.model")
+    assert r.usage.completion_tokens == len(tok.render_conversation(CALC_CHAT)[0]) - len(tok.render_for_completion(ask))
+    follow = [*ask, {"role": "assistant", "content": shown}, {"role": "user", "content": "And in banana?"}]
+    r2 = client.chat.completions.create(model="calc", messages=follow, temperature=0, max_tokens=5)
+    assert r2.usage.prompt_tokens == len(tok.render_for_completion([*CALC_CHAT, follow[-1]]))

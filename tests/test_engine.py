@@ -1,11 +1,14 @@
 """The inference engine: incremental decoding equals a full forward pass, the KV cache is exactly as large as GQA says,
-sampling obeys its settings and its seed, samples stop at <|eot_id|>, and the context window is handled, not hit."""
+sampling obeys its settings and its seed, samples stop at <|eot_id|>, the context window is handled, not hit, and tool
+calls are run per row, their output forced in and flagged."""
 import pytest
 import torch
 
-from nanollama.engine import Engine, TextStream, compile_step, load_engine, sample_next
+import nanollama.engine as engine_module
+from nanollama.engine import Engine, ReplyStream, TextStream, compile_step, load_engine, parse_reply, sample_next
 from nanollama.llama import PRESETS, Llama, LlamaConfig
-from conftest import PAYLOAD, random_model
+from nanollama.tools import calculator
+from conftest import CALC_CHAT, CALC_QUESTION, PAYLOAD, random_model
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +123,7 @@ def test_seeds_samples_and_stopping(engines):
     assert runs[0] == runs[1] != runs[2]
     assert len({tuple(s) for s in runs[0]}) == 6 and all(len(s) == 30 for s in runs[0])
     steps = list(html.stream(prompt, num_samples=3, temperature=0))  # all stop together, then the stream ends
-    assert len(steps) == len(reply) and all(t == [reply[i]] * 3 for i, t in enumerate(steps))
+    assert len(steps) == len(reply) and all(t == [reply[i]] * 3 and f == [False] * 3 for i, (t, f) in enumerate(steps))
 
 
 def test_context_window_is_handled(engines):
@@ -148,3 +151,73 @@ def test_text_stream_holds_back_partial_characters(engines):
     s = TextStream(tok)
     pieces = [s.push(i) for i in tok.encode(text) + [tok.eot_id]]
     assert "".join(pieces) == text and "\ufffd" not in "".join(pieces)
+
+
+def scripted_sampler(scripts, logits_seen):
+    "A stand-in for `sample_next` that returns, at step k, token k of each row's script, and records the logits it was given."
+    step = iter(range(10**6))
+    def sample(logits, *args, **kw):
+        k = next(step)
+        logits_seen.append(logits.clone())
+        return torch.tensor([s[min(k, len(s) - 1)] for s in scripts])
+    return sample
+
+
+def test_tool_call_in_one_row_only(engines, monkeypatch):
+    """Two rows decode together; row 0 calls the calculator, row 1 just talks. Row 0 gets the tool's output forced in
+    (flagged), row 1 is untouched, and the model really read the forced tokens: the logits at every step equal a full
+    forward pass over each row's tokens so far."""
+    _, babble = engines
+    tok = babble.tokenizer
+    call, output = [tok.python_tag_id, *tok.encode("6*7"), tok.eom_id], tok.render_tool_output("42")
+    answer = tok.encode(" so 42.") + [tok.eot_id]
+    scripts = [call + [0] * len(output) + answer,  # the sampled values while the output is forced are ignored
+               tok.encode("No tools for me, just words.") + [tok.eot_id]]
+    seen = []
+    monkeypatch.setattr(engine_module, "sample_next", scripted_sampler(scripts, seen))
+    prompt = tok.render_for_completion([{"role": "user", "content": "What is 6*7?"}])
+    rows = [[], []]
+    for tokens, forced in babble.stream(prompt, num_samples=2, max_tokens=100):
+        for row, t, f in zip(rows, tokens, forced):
+            if t is not None: row.append((t, f))
+    assert rows[0] == [(t, False) for t in call] + [(t, True) for t in output] + [(t, False) for t in answer]
+    assert rows[1] == [(t, False) for t in scripts[1]]
+    with torch.no_grad():
+        for i, row in enumerate(rows):
+            ids = prompt + [t for t, _ in row]
+            full = babble.model(torch.tensor([ids]))[0, len(prompt) - 1:-1]
+            torch.testing.assert_close(torch.stack([seen[k][i] for k in range(len(row))]), full, rtol=0, atol=1e-4)
+
+
+def test_no_tool_without_tool_tokens_or_when_disabled(engines, monkeypatch):
+    "An engine with `tool=None` never forces anything: the call's tokens are just tokens."
+    _, babble = engines
+    tok = babble.tokenizer
+    script = [tok.python_tag_id, *tok.encode("6*7"), tok.eom_id, *tok.encode("ok"), tok.eot_id]
+    monkeypatch.setattr(engine_module, "sample_next", scripted_sampler([script], []))
+    plain = Engine(babble.model, tok, tool=None)
+    steps = list(plain.stream(tok.render_for_completion([{"role": "user", "content": "hi"}]), max_tokens=50))
+    assert [t for (t,), _ in steps] == script and not any(f for _, (f,) in steps)
+
+
+def test_calc_model_calls_the_tool_and_reply_keeps_the_turns(chat_base_dir, monkeypatch):
+    "The model that memorised a tool call makes it; the reply shows it inline and rebuilds the messages it was trained on."
+    monkeypatch.setenv("NANOLLAMA_BASE_DIR", str(chat_base_dir))
+    calc = load_engine("calc", device="cpu")
+    reply = ReplyStream(calc.tokenizer)
+    shown = "".join(calc.chat([{"role": "user", "content": CALC_QUESTION}], temperature=0, reply=reply))
+    assert shown == 'Counting: [python: "strawberry".count("r") → 3] There are 3.'
+    assert reply.messages == CALC_CHAT[1:] and parse_reply(shown) == CALC_CHAT[1:]
+    follow_up = [CALC_CHAT[0], *parse_reply(shown), {"role": "user", "content": "Thanks"}]
+    assert calc.fit_prompt(follow_up)[0][:len(calc.tokenizer.render_conversation(CALC_CHAT)[0])] == calc.tokenizer.render_conversation(CALC_CHAT)[0]
+
+
+def test_calc_model_uses_the_real_result(chat_base_dir, monkeypatch):
+    "Whatever the tool answers is what the model reads next: a different tool gives a different forced output."
+    monkeypatch.setenv("NANOLLAMA_BASE_DIR", str(chat_base_dir))
+    calc = load_engine("calc", device="cpu")
+    seen = []
+    liar = Engine(calc.model, calc.tokenizer, tool=lambda code: (seen.append(code), "7")[1])
+    shown = "".join(liar.chat([{"role": "user", "content": CALC_QUESTION}], temperature=0))
+    assert seen == ['"strawberry".count("r")'] and '→ 7]' in shown
+    assert calculator(seen[0]) == "3"

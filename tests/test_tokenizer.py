@@ -236,7 +236,7 @@ def test_llama3_tool_call_matches_meta():
     chat = [m for m in TOOL_CHAT if "tool_call" not in m or not m["content"]]  # Meta's calls have no text before them
     chat = [{"role": "system", "content": "Environment: ipython"}] + chat[:3] + [{"role": "assistant", "content": "3."}]
     expected = meta.encode_dialog_prompt([meta_message(m) for m in chat]).tokens
-    assert ours.render_conversation(chat)[0] == expected[:len(expected) - len(ours._header("assistant"))]
+    assert ours.render_conversation(chat)[0] == expected[:len(expected) - len(ours.header("assistant"))]
 
 
 def test_sentencepiece_model_is_llama_style(ours):
