@@ -17,11 +17,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from fastcore.basics import patch
 from .checkpoint import checkpoints_dir, clear_checkpoints, complete_steps, load_train_state, model_from_file, save_checkpoint
-from .dataloader import PERSONALITY_DIR, DataLoader, load_conversations, personality_tokens
+from .dataloader import DataLoader, personality_tokens
 from .dataset import pretokenize, shard_paths, tokens_dir
 from .gpt2 import GPT2, gpt2_optimizers
 from .llama import Llama, LlamaConfig
 from .optim import adamw_lr_scale, build_optimizers
+from .tasks import PERSONALITY_DIR, load_conversations
 from .tokenizer import default_tokenizer_path, get_tokenizer
 from .train import (Hook, TrainLoop, autocast_for, check_ranges, evaluate_bpb, mfu_meter, optimizer_step,
                              params_agree, parse_config, print0, run_loop, setting, setup_device, training_forward)

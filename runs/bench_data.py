@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nanollama.dataloader import DataLoader, load_conversations, personality_tokens
+from nanollama.dataloader import DataLoader, personality_tokens
+from nanollama.tasks import load_conversations
 from nanollama.dataset import count_docs, embedded_text, iter_docs, pretokenize, source_name
 from nanollama.llama import Llama, LlamaConfig
 from nanollama.tokenizer import Tokenizer, get_tokenizer

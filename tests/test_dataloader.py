@@ -1,7 +1,6 @@
 """`nanollama.dataloader`: ranks are disjoint and together cover the stream, documents start with BOS, batches are
 deterministic for a seed, a loader resumed from its `state_dict` continues with exactly the batches an uninterrupted
 one gives, and the measured fraction of personality tokens matches the requested ratio."""
-import json
 import os
 from pathlib import Path
 
@@ -10,8 +9,9 @@ import pytest
 import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-from nanollama.dataloader import DataLoader, PERSONALITY_DIR, load_conversations, personality_tokens, read_conversations
+from nanollama.dataloader import DataLoader, personality_tokens
 from nanollama.dataset import embedded_text, iter_docs, pretokenize
+from nanollama.tasks import PERSONALITY_DIR, load_conversations
 from nanollama.tokenizer import Tokenizer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "webtext"
@@ -136,27 +136,3 @@ def test_shipped_personality():
     tok = Tokenizer.train([embedded_text("val")], vocab_size=400)
     ids = personality_tokens(convs, tok)
     assert ids[0] == tok.bos_id and np.count_nonzero(ids == tok.bos_id) == len(convs), "one BOS per conversation"
-
-
-@pytest.mark.parametrize("name, content, line", [
-    ("a.jsonl", '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hey"}]}\n[oops\n', 2),
-    ("b.jsonl", '\n\n[{"role": "user", "content": "hi"}, {"role": "robot", "content": "beep"}]\n', 3),
-    ("c.jsonl", '[{"role": "user", "content": "hi"}, {"role": "user", "content": "again"}]\n', 1),
-    ("d.json", '[\n  [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hey"}],\n\n  {"messages": "no"}\n]', 4),
-    ("e.json", '[\n  [{"role": "user", "content": "hi"}, {"role": "assistant", "content": 5}]\n]', 2),
-    ("f.json", '[\n  [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hey"}]\n  []\n]', 3),
-])
-def test_malformed_personality_names_file_and_line(tmp_path, name, content, line):
-    (tmp_path / name).write_text(content)
-    with pytest.raises(ValueError) as e: read_conversations(tmp_path / name)
-    assert str(e.value).startswith(f"{tmp_path / name}:{line}: "), str(e.value)
-    with pytest.raises(ValueError, match=name): load_conversations(tmp_path)
-
-
-def test_personality_dir_formats(tmp_path):
-    conv = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hey"}]
-    (tmp_path / "a.json").write_text(json.dumps([conv, {"messages": conv}]))
-    (tmp_path / "b.jsonl").write_text(json.dumps({"messages": conv}) + "\n\n" + json.dumps(conv) + "\n")
-    (tmp_path / "notes.txt").write_text("ignored")
-    assert load_conversations(tmp_path) == [conv] * 4
-    with pytest.raises(FileNotFoundError): load_conversations(tmp_path / "missing")
