@@ -36,9 +36,9 @@ def test_one_shot_with_a_tool_call(env):
 
 
 def test_one_shot_compiled(env):
-    "--compile compiles the decode step before answering, and answers what the eager engine answers."
-    r = cli(env, "--model-tag", "html", "-p", "hi", "--temperature", "0", "--compile", timeout=300)
-    assert r.returncode == 0 and r.stdout == PAYLOAD + "\n", r.stderr
+    "--compile compiles the decode step before answering, and answers what the eager engine answers, tool call included."
+    r = cli(env, "--model-tag", "calc", "-p", CALC_QUESTION, "--temperature", "0", "--compile", timeout=300)
+    assert r.returncode == 0 and r.stdout == 'Counting: [python: "strawberry".count("r") → 3] There are 3.\n', r.stderr
     assert "compiling the decode step" in r.stderr
 
 
