@@ -4,16 +4,20 @@
 
 # %% auto #0
 __all__ = ['LETTERS', 'ANNOTATION', 'load_rows', 'multiple_choice', 'MultipleChoice', 'ARC', 'MMLU', 'gsm8k_messages', 'GSM8K',
-           'run_python', 'extract_code', 'HumanEval', 'SmolTalk']
+           'SandboxResult', 'run_python', 'extract_code', 'HumanEval', 'SmolTalk']
 
-# %% ../nbs/10c_benchmarks.ipynb #44c75c6c
+# %% ../nbs/10c_benchmarks.ipynb #f5fc51ab
+import inspect
+import json
+import math
 import os
 import re
 import signal
 import subprocess
 import sys
 import tempfile
-from functools import partial
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from .synthetic import gsm8k_answer, gsm8k_symbolic_sources
 from .tasks import Task, check_conversation, data_files, data_root, read_jsonl
@@ -112,27 +116,172 @@ class GSM8K(Task):
 
     def __repr__(self): return f"GSM8K({self.split}: {len(self)} problems)"
 
-# %% ../nbs/10c_benchmarks.ipynb #f86f2655
-def _limit_resources(seconds: float, memory: int):
-    "In the child, before Python starts: cap its CPU time and address space."
-    import resource  # Unix only
-    resource.setrlimit(resource.RLIMIT_CPU, (int(seconds) + 1, int(seconds) + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+# %% ../nbs/10c_benchmarks.ipynb #7b0143e4
+def _guard(workdir: str):
+    "Python-level guards, in the program's process: no sockets, processes, signals or ctypes, no writes outside `workdir`."
+    import builtins, io, os, posix, socket, sys, _io, _socket
+    def refuse(what):
+        def refused(*a, **k): raise PermissionError(f"sandbox: {what} is not allowed")
+        return refused
+    for mod in (socket, _socket):
+        for name in ("socket", "socketpair", "fromfd", "create_connection", "create_server", "getaddrinfo"):
+            if hasattr(mod, name): setattr(mod, name, refuse("network access"))
+    for name in ("fork", "forkpty", "system", "popen", "posix_spawn", "posix_spawnp", "execv", "execve", "execl", "execle",
+                 "execlp", "execlpe", "execvp", "execvpe", "spawnv", "spawnve", "spawnl", "spawnle", "spawnlp", "spawnlpe",
+                 "spawnvp", "spawnvpe", "kill", "killpg", "setsid", "setpgid", "setpgrp", "_exit"):
+        for mod in (os, posix):
+            if hasattr(mod, name): setattr(mod, name, refuse(f"os.{name}"))
+    for name in ("ctypes", "_ctypes", "_posixsubprocess", "multiprocessing"): sys.modules[name] = None  # `import` fails
 
-def run_python(code: str, timeout: float = 5.0, memory: int = 2**31) -> bool:
-    "Run `code` in a separate, isolated Python process in a temporary directory; True if it exits with 0 within `timeout` s."
-    with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "program.py").write_text(code)
-        limits = partial(_limit_resources, timeout, memory) if sys.platform == "linux" else None
-        proc = subprocess.Popen([sys.executable, "-I", "program.py"], cwd=tmp, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=limits)
-        try: return proc.wait(timeout) == 0
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL) if hasattr(os, "killpg") else proc.kill()
-            proc.wait()
-            return False
+    root = os.path.realpath(workdir)
+    def check(path, what="writing"):
+        if isinstance(path, int): return  # an open file descriptor
+        p = os.path.realpath(os.fsdecode(path))
+        if p != root and not p.startswith(root + os.sep) and p != os.devnull:
+            raise PermissionError(f"sandbox: {what} {path} is not allowed (outside the working directory)")
+    def open_checked(file, mode="r", *a, open_=io.open, **k):
+        if set(mode) & set("wax+"): check(file)
+        return open_(file, mode, *a, **k)
+    def os_open_checked(path, flags, *a, open_=os.open, **k):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND): check(path)
+        return open_(path, flags, *a, **k)
+    def checked(fn):
+        def fn_checked(*a, **k):
+            for p in a[:2]:
+                if isinstance(p, (str, bytes, os.PathLike)): check(p, "changing")
+            return fn(*a, **k)
+        return fn_checked
+    builtins.open = io.open = _io.open = open_checked
+    os.open = posix.open = os_open_checked
+    for name in ("remove", "unlink", "rmdir", "mkdir", "rename", "replace", "chmod", "chown", "lchown", "link", "symlink",
+                 "truncate", "utime", "mkfifo", "mknod"):
+        if hasattr(os, name): setattr(os, name, checked(getattr(os, name))); setattr(posix, name, getattr(os, name))
 
-# %% ../nbs/10c_benchmarks.ipynb #38156438
+# %% ../nbs/10c_benchmarks.ipynb #ba81b386
+def _libc_call(name: str, *args):
+    "Call the C library's `name`; an OSError if it fails."
+    import ctypes, os
+    libc = ctypes.CDLL(None, use_errno=True)
+    if getattr(libc, name)(*args) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{name}: {os.strerror(err)}")
+
+def _unshare(flags: int) -> bool:
+    "Move this process into new Linux namespaces (`CLONE_NEW*` flags); False where the kernel or our rights refuse."
+    try: _libc_call("unshare", flags); return True
+    except (OSError, AttributeError): return False  # AttributeError: no unshare in this C library (not Linux)
+
+def _read_only_except(workdir: str):
+    "In a new mount and PID namespace: every mount read-only except `workdir`, and a /proc that shows only this namespace."
+    import os
+    RDONLY, NOSUID, NODEV, NOEXEC, REMOUNT, BIND, REC, PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
+    mount = lambda src, target, fstype, flags: _libc_call("mount", src, target.encode(), fstype, flags, None)
+    mount(None, "/", None, REC | PRIVATE)  # what we mount from now on stays in this namespace
+    mount(workdir.encode(), workdir, None, BIND)  # the working directory becomes a mount of its own, left writable
+    mount(b"proc", "/proc", b"proc", NOSUID | NODEV | NOEXEC)
+    for target in sorted({line.split()[4] for line in open("/proc/self/mountinfo")}, key=len):
+        if target == workdir or target.startswith("/proc"): continue
+        keep = os.statvfs(target).f_flag & (NOSUID | NODEV | NOEXEC)  # flags we may not drop
+        try: mount(None, target, None, REMOUNT | BIND | RDONLY | keep)
+        except OSError: pass  # a mount we may not change stays as it is
+    os.chdir(workdir)
+
+# %% ../nbs/10c_benchmarks.ipynb #20d06796
+def _exit_status(wait_status: int) -> int:
+    "A child's exit code as a shell reports it: 128 + n when signal n killed it."
+    import os
+    code = os.waitstatus_to_exitcode(wait_status)
+    return code if code >= 0 else 128 - code
+
+def _launch(program: str, workdir: str, limits: dict, guard: bool, isolate: bool):
+    "The sandbox's first process: limits, namespaces, then a PID-1 process whose child runs the file `program`; exits with its status."
+    import json, os, resource, sys
+    for name, value in limits.items():
+        try: resource.setrlimit(getattr(resource, name), (value, value))
+        except (AttributeError, ValueError, OSError): pass  # a limit this system does not have
+    NEWNS, NEWIPC, NEWUSER, NEWPID, NEWNET = 0x20000, 0x8000000, 0x10000000, 0x20000000, 0x40000000
+    isolated = isolate and _unshare(NEWNS | NEWIPC | NEWPID | NEWNET | (0 if os.geteuid() == 0 else NEWUSER))
+    with open(os.path.join(os.path.dirname(workdir), "isolation.json"), "w") as f: json.dump({"namespaces": isolated}, f)
+    exit_ = os._exit
+    if (init := os.fork()) == 0:  # PID 1 of the new PID namespace, if there is one
+        if isolated: _read_only_except(workdir)
+        if (child := os.fork()) == 0:  # the program
+            if isolated: _unshare(NEWUSER)  # give up our capabilities: no remounting, no overriding file permissions
+            if guard: _guard(workdir)
+            try: exec(compile(open(program).read(), program, "exec"), {"__name__": "__main__"}); status = 0
+            except SystemExit: status = 3  # exiting early is not finishing
+            except BaseException:
+                import traceback; traceback.print_exc(); status = 1
+            sys.stdout.flush(); sys.stderr.flush()
+            exit_(status)
+        exit_(_exit_status(os.waitpid(child, 0)[1]))
+    exit_(_exit_status(os.waitpid(init, 0)[1]))
+
+# %% ../nbs/10c_benchmarks.ipynb #e790d637
+@dataclass
+class SandboxResult:
+    "How a sandboxed program ended; true if it passed (ran to its end and exited with 0)."
+    returncode: int | None  # exit status; 128 + n: killed by signal n; None: stopped at the time limit
+    stdout: str  # the first `max_output` characters
+    stderr: str
+    seconds: float
+    isolated: bool  # whether Linux namespaces were in force (else limits and guards only)
+
+    @property
+    def passed(self) -> bool: return self.returncode == 0
+    def __bool__(self): return self.passed
+
+def _own_tasks() -> int:
+    "How many processes and threads this user runs (what Linux's RLIMIT_NPROC counts)."
+    uid, n = os.getuid(), 0
+    for p in Path("/proc").glob("[0-9]*"):
+        try: n += len(os.listdir(p / "task")) if p.stat().st_uid == uid else 0
+        except OSError: pass  # it ended while we looked
+    return n
+
+def _wait(proc: subprocess.Popen, timeout: float) -> int | None:
+    "Wait up to `timeout` s for `proc`, then kill its whole process group; its exit status, or None if it ran out of time."
+    deadline, delay, done = time.monotonic() + timeout, 0.001, False
+    while not done and time.monotonic() < deadline:
+        done = (os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None if hasattr(os, "waitid")
+                else proc.poll() is not None)  # macOS before Python 3.13 has no waitid
+        if not done: time.sleep(delay); delay = min(2 * delay, 0.02)
+    try: os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError): pass
+    code = proc.wait()
+    return None if not done else code if code >= 0 else 128 - code
+
+# %% ../nbs/10c_benchmarks.ipynb #3aa95654
+def _launcher_source(*args) -> str:
+    "The launcher as a script: the sandbox's functions' source, then the call with `args`."
+    functions = (_guard, _libc_call, _unshare, _read_only_except, _exit_status, _launch)
+    return "\n\n".join(inspect.getsource(f) for f in functions) + f"\n\n_launch(*{args!r})\n"
+
+def run_python(code: str, timeout: float = 5.0, memory: int = 2**30, processes: int = 16, file_size: int = 2**24,
+               max_output: int = 10_000, guard: bool = True, isolate: bool = True) -> SandboxResult:
+    "Run untrusted `code` sandboxed: its own interpreter, directory and limits, namespaces where Linux allows, guards."
+    limits = {"RLIMIT_CPU": math.ceil(timeout) + 1, "RLIMIT_AS": memory, "RLIMIT_FSIZE": file_size, "RLIMIT_NOFILE": 64,
+              "RLIMIT_CORE": 0, **({"RLIMIT_NPROC": _own_tasks() + processes} if sys.platform == "linux" else {})}
+    with tempfile.TemporaryDirectory(prefix="nanollama-sandbox-") as root:
+        root = os.path.realpath(root)
+        workdir, launcher = os.path.join(root, "work"), os.path.join(root, "launcher.py")
+        os.mkdir(workdir)
+        Path(workdir, "program.py").write_text(code)
+        Path(launcher).write_text(_launcher_source(os.path.join(workdir, "program.py"), workdir, limits, guard, isolate))
+        env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"}  # nothing of ours
+        start = time.monotonic()
+        with open(os.path.join(root, "stdout"), "w+b") as out, open(os.path.join(root, "stderr"), "w+b") as err:
+            proc = subprocess.Popen([sys.executable, "-I", "-S", launcher], cwd=workdir, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=err, start_new_session=True)
+            returncode = _wait(proc, timeout)
+            seconds = time.monotonic() - start
+            out.seek(0); err.seek(0)
+            stdout, stderr = (f.read(max_output).decode(errors="replace") for f in (out, err))
+        isolation = Path(root, "isolation.json")
+        isolated = isolation.is_file() and json.loads(isolation.read_text())["namespaces"]
+    return SandboxResult(returncode, stdout, stderr, seconds, isolated)
+
+# %% ../nbs/10c_benchmarks.ipynb #e59ac553
 def extract_code(reply: str) -> str:
     "The code in a model's reply: the first ``` fenced block if there is one, else the whole reply."
     m = re.search(r"```[a-zA-Z]*\n(.*?)(```|$)", reply, re.S)
@@ -156,7 +305,7 @@ class HumanEval(Task):
         return f"{conversation['prompt']}\n{extract_code(reply)}\n\n{conversation['test']}\n\ncheck({conversation['entry_point']})\n"
 
     def score(self, conversation: dict, completion: str) -> float:
-        return float(run_python(self.program(conversation, completion), self.timeout))
+        return float(run_python(self.program(conversation, completion), self.timeout).passed)
 
     def __repr__(self): return f"HumanEval({len(self)} problems)"
 
