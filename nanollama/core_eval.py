@@ -276,7 +276,7 @@ def judge(examples, kind: str, loss, count, greedy) -> list[tuple[bool, bool]]:
         else: out.append((int((l / c).argmin()) == ex.gold, int((l / torch.tensor(ex.chars)).argmin()) == ex.gold))
     return out
 
-# %% ../nbs/17a_core.ipynb #1dc82a96
+# %% ../nbs/17a_core.ipynb #35ddffa7
 def evaluate_task(logits_fn, tokenizer, task: CoreTask, max_per_task: int | None = None, rank: int = 0, world: int = 1,
                   max_len: int | None = None, batch_tokens: int = 4096, device="cpu", chunk: int = 256) -> dict:
     "This rank's counts on one task: `correct`, `correct_norm` (per character), `total`; and the file's `rows`."
@@ -312,7 +312,8 @@ def evaluate_core(logits_fn, tokenizer, bundle=None, tasks=None, max_per_task: i
     max_len = max_len or getattr(logits_fn, "max_len", None)
     counts = {n: evaluate_task(logits_fn, tokenizer, bundle[n], max_per_task, rank, world, max_len, batch_tokens, device) for n in names}
     rows = {n: c.pop("rows") for n, c in counts.items()}
-    return [_result(bundle[n], c, rows[n]) for n, c in sum_counts(counts).items()]
+    summed = sum_counts(counts)  # under torchrun its keys come back sorted: keep the tasks' order
+    return [_result(bundle[n], summed[n], rows[n]) for n in counts]
 
 def core_score(results: list[dict]) -> tuple[float, str]:
     "The mean centered accuracy and its honest name: 'CORE' only over all 22 tasks, every item of each."
