@@ -7,7 +7,7 @@ __all__ = ['BYTE_LEVEL_ALPHABET', 'PROMPTS', 'COLUMNS', 'HFTokenizer', 'byte_lev
            'context_length', 'bpb_batches', 'split_bpb', 'continue_ids', 'samples', 'BaseEvalConfig', 'check_config',
            'Target', 'load_target', 'core_bundle', 'run_core', 'run_bpb', 'run_samples', 'base_eval', 'main']
 
-# %% ../nbs/17b_base_eval.ipynb #ad35d9f8
+# %% ../nbs/17b_base_eval.ipynb #0be8f696
 import hashlib
 import inspect
 import json
@@ -26,6 +26,7 @@ from .checkpoint import checkpoint_files, load_model, tokenizer_file
 from .core_eval import LlamaLogits, core_score, evaluate_core, load_bundle
 from .dataloader import TokenRows
 from .dataset import shard_paths
+from .engine import sample_next
 from .evaluation import EvalConfig, parse_tasks, print_table, progress, save_results, shard
 from .llama import Llama
 from .tokenizer import SPACE, get_tokenizer
@@ -143,7 +144,7 @@ def split_bpb(model, tokenizer, source: str, seq_len: int, tokens: int, batch_si
         with autocast: out[f"{split}_bpb"] = evaluate_bpb(model, batches, token_bytes)
     return out
 
-# %% ../nbs/17b_base_eval.ipynb #382abd2c
+# %% ../nbs/17b_base_eval.ipynb #cddb5f77
 PROMPTS = [*SAMPLE_PROMPTS, "The capital of France is", "The chemical symbol of gold is"]
 
 @torch.no_grad()
@@ -152,9 +153,8 @@ def continue_ids(model, ids: list[int], max_new_tokens: int = 32, temperature: f
     ids = ids[-(context_length(model) - max_new_tokens):]
     x, new = torch.tensor([ids], device=device), []
     for _ in range(max_new_tokens):
-        logits = model(x)[0, -1].float()
-        nxt = logits.argmax() if temperature == 0 else torch.multinomial((logits / temperature).softmax(-1).cpu(), 1, generator=generator)[0]
-        new.append(int(nxt)); x = torch.cat([x, torch.tensor([[new[-1]]], device=device)], 1)
+        nxt = sample_next(model(x)[:, -1].float().cpu(), temperature, generator=generator)  # lesson 14's sampler
+        new.append(int(nxt)); x = torch.cat([x, nxt[None].to(device)], 1)
     return new
 
 def samples(model, tokenizer, n_unconditioned: int = 3, max_new_tokens: int = 32, seed: int = 0, device="cpu") -> dict[str, list[str]]:
