@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['SPELL_QUESTIONS', 'COUNT_QUESTIONS', 'NUMBER', 'ARITHMETIC_QUESTIONS', 'OPERATIONS', 'GSM_SYMBOLIC_SUFFIX',
-           'SOURCES_FILE', 'stable_hash', 'split_of', 'check_split', 'item_rng', 'english_words', 'split_words',
-           'spelled', 'spell_conversation', 'count_conversation', 'last_number', 'same_number', 'last_spelling',
-           'SpellingBee', 'random_operand', 'random_expression', 'Arithmetic', 'gsm8k_answer', 'GSMSymbolic',
-           'gsm_symbolic_generators', 'word_ngrams', 'template_ngrams', 'jaccard', 'read_gsm8k_test',
+           'SOURCES_FILE', 'stable_hash', 'split_of', 'check_split', 'item_rng', 'GeneratedTask', 'english_words',
+           'split_words', 'spelled', 'spell_conversation', 'count_conversation', 'last_number', 'same_number',
+           'last_spelling', 'SpellingBee', 'random_operand', 'random_expression', 'Arithmetic', 'gsm8k_answer',
+           'GSMSymbolic', 'gsm_symbolic_generators', 'word_ngrams', 'template_ngrams', 'jaccard', 'read_gsm8k_test',
            'gsm8k_similarities', 'match_gsm8k_sources', 'gsm8k_symbolic_mapping', 'gsm8k_symbolic_sources']
 
 # %% ../nbs/10b_synthetic.ipynb #a335e601
@@ -22,7 +22,7 @@ import reasoning_gym
 from .tasks import Task, data_file, data_root, read_jsonl
 from .tools import calculator
 
-# %% ../nbs/10b_synthetic.ipynb #087df643
+# %% ../nbs/10b_synthetic.ipynb #1ac71576
 def stable_hash(text: str) -> int:
     "A 64-bit hash of `text` that is the same on every machine and in every run (Python's `hash` is salted per process)."
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
@@ -39,6 +39,17 @@ def check_split(split: str) -> str:
 def item_rng(task: str, split: str, seed: int, i: int) -> random.Random:
     "The random generator of item `i`: seeded by a string, so it is the same everywhere, and independent of other items."
     return random.Random(f"{task}/{split}/{seed}/{i}")
+
+class GeneratedTask(Task):
+    "A task that writes each item from its own generator: `size` items of `split` (train or test), varied by `seed`."
+    eval_type = "generative"
+    name = "generated"  # part of every item's seed, so two tasks never share their draws
+
+    def __init__(self, split: str = "train", size: int = 1000, seed: int = 0):
+        self.split, self.size, self.seed = check_split(split), size, seed
+
+    def __len__(self): return self.size
+    def rng(self, i: int) -> random.Random: return item_rng(self.name, self.split, self.seed, i)
 
 # %% ../nbs/10b_synthetic.ipynb #3d529d5e
 @cache
@@ -100,18 +111,13 @@ def last_spelling(text: str) -> str | None:
     found = re.findall(r"[A-Za-z](?:\s*-\s*[A-Za-z])+", text)
     return re.sub(r"[\s-]", "", found[-1]).lower() if found else None
 
-# %% ../nbs/10b_synthetic.ipynb #b902e50e
-class SpellingBee(Task):
+# %% ../nbs/10b_synthetic.ipynb #7f56d838
+class SpellingBee(GeneratedTask):
     "Spell a word, or count a letter in it with the calculator; train and test words never overlap."
-    eval_type = "generative"
-
-    def __init__(self, split: str = "train", size: int = 1000, seed: int = 0):
-        self.split, self.size, self.seed = check_split(split), size, seed
-
-    def __len__(self): return self.size
+    name = "spellingbee"
 
     def get(self, i: int) -> dict:
-        rng = item_rng("spellingbee", self.split, self.seed, i)
+        rng = self.rng(i)
         word = rng.choice(split_words(self.split))
         return spell_conversation(word, rng) if rng.random() < 0.5 else count_conversation(word, rng)
 
@@ -137,18 +143,13 @@ def random_expression(rng: random.Random) -> tuple[str, int]:
         expr, value = f"({expr}) {op} {c}", OPERATIONS[op](value, c)
     return expr, value
 
-# %% ../nbs/10b_synthetic.ipynb #70fd4357
-class Arithmetic(Task):
+# %% ../nbs/10b_synthetic.ipynb #ffede784
+class Arithmetic(GeneratedTask):
     "Arithmetic questions answered with the calculator; train and test expressions never overlap."
-    eval_type = "generative"
-
-    def __init__(self, split: str = "train", size: int = 1000, seed: int = 0):
-        self.split, self.size, self.seed = check_split(split), size, seed
-
-    def __len__(self): return self.size
+    name = "arithmetic"
 
     def get(self, i: int) -> dict:
-        rng = item_rng("arithmetic", self.split, self.seed, i)
+        rng = self.rng(i)
         expr, value = random_expression(rng)
         while split_of(expr) != self.split: expr, value = random_expression(rng)
         result = calculator(expr)
