@@ -12,8 +12,8 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 from nanollama import benchmarks
-from nanollama.benchmarks import (ARC, GSM8K, MMLU, HumanEval, SmolTalk, gsm8k_messages, load_rows,
-                                  run_python)
+from nanollama.benchmarks import (ARC, GSM8K, MMLU, PIQA, CommonsenseQA, HellaSwag, HumanEval, SmolTalk, gsm8k_messages,
+                                  hellaswag_text, load_rows, run_python)
 from nanollama.dataset import embedded_text
 from nanollama.synthetic import gsm8k_answer, gsm8k_symbolic_sources
 from nanollama.tasks import (PERSONALITY_DIR, Conversations, ListTask, Mixture, TaskView, check_conversation, data_file, data_root,
@@ -134,17 +134,21 @@ def test_hub_names(monkeypatch):
         calls.append((name, config, split))
         return read_jsonl(DATA / {"allenai/ai2_arc": "evals/arc_easy/test.jsonl.gz", "cais/mmlu": "evals/mmlu/test.jsonl.gz",
                                   "openai/gsm8k": "evals/gsm8k/test.jsonl.gz", "openai/openai_humaneval": "evals/humaneval/test.jsonl.gz",
-                                  "HuggingFaceTB/smol-smoltalk": "sft/chitchat.jsonl.gz"}[name])
+                                  "HuggingFaceTB/smol-smoltalk": "sft/chitchat.jsonl.gz", "Rowan/hellaswag": "evals/hellaswag/validation.jsonl.gz",
+                                  "ybisk/piqa": "evals/piqa/validation.jsonl.gz", "tau/commonsense_qa": "evals/commonsense_qa/validation.jsonl.gz"}[name])
     monkeypatch.setattr("datasets.load_dataset", fake_load_dataset)
     ARC("ARC-Challenge", "validation"); MMLU("dev"); GSM8K("train"); HumanEval(); SmolTalk("test")
+    HellaSwag(); PIQA("train"); CommonsenseQA()
     assert calls == [("allenai/ai2_arc", "ARC-Challenge", "validation"), ("cais/mmlu", "all", "dev"), ("openai/gsm8k", "main", "train"),
-                     ("openai/openai_humaneval", None, "test"), ("HuggingFaceTB/smol-smoltalk", None, "test")]
+                     ("openai/openai_humaneval", None, "test"), ("HuggingFaceTB/smol-smoltalk", None, "test"),
+                     ("Rowan/hellaswag", None, "validation"), ("ybisk/piqa", None, "train"), ("tau/commonsense_qa", None, "validation")]
 
 
 ALL_FIXTURE_TASKS = [lambda: ARC("ARC-Easy", "validation", DATA), lambda: ARC("ARC-Easy", "test", DATA),
                      lambda: ARC("ARC-Challenge", "validation", DATA), lambda: ARC("ARC-Challenge", "test", DATA),
                      lambda: MMLU("dev", DATA), lambda: MMLU("validation", DATA), lambda: MMLU("test", DATA),
-                     lambda: GSM8K("test", DATA), lambda: HumanEval(DATA), lambda: SmolTalk(data_dir=DATA)]
+                     lambda: GSM8K("test", DATA), lambda: HumanEval(DATA), lambda: SmolTalk(data_dir=DATA),
+                     lambda: HellaSwag(data_dir=DATA), lambda: PIQA(data_dir=DATA), lambda: CommonsenseQA(data_dir=DATA)]
 
 
 @pytest.mark.parametrize("make", ALL_FIXTURE_TASKS)
@@ -172,6 +176,39 @@ def test_multiple_choice_scoring():
     assert c["answer"] == "ABCD"[mmlu.rows[0]["answer"]] and c["subject"] == mmlu.rows[0]["subject"]
     wrong = next(l for l in "ABCD" if l != c["answer"])
     assert mmlu.score(c, c["answer"]) == 1.0 and mmlu.score(c, wrong) == 0.0
+
+
+# the multiple-choice practice sets (validation splits): fixture rows, the answer's index and the choices as shown
+PRACTICE = [(HellaSwag, 6, lambda r: int(r["label"]), lambda r: [hellaswag_text(e) for e in r["endings"]]),
+            (PIQA, 5, lambda r: r["label"], lambda r: [r["sol1"].strip(), r["sol2"].strip()]),
+            (CommonsenseQA, 5, lambda r: r["choices"]["label"].index(r["answerKey"]), lambda r: r["choices"]["text"])]
+
+
+@pytest.mark.parametrize("cls, n, answer_index, choices", PRACTICE)
+def test_practice_sets_on_fixtures(cls, n, answer_index, choices):
+    task = cls(data_dir=DATA)
+    assert len(task) == n == len(read_jsonl(DATA / f"evals/{cls.folder}/validation.jsonl.gz")) and task.split == "validation"
+    assert repr(task) == f"{cls.__name__}(validation: {n} questions)" and task.eval_type == "categorical"
+    for row, c in zip(task.rows, task):
+        user, letters = c["messages"][0]["content"], "ABCDE"[:len(choices(row))]
+        assert c["letters"] == list(letters) and c["answer"] == c["messages"][1]["content"] == letters[answer_index(row)]
+        for letter, choice in zip(letters, choices(row)): assert f"\n{letter}. {choice}\n" in user
+        wrong = next(l for l in letters if l != c["answer"])
+        assert [task.score(c, r) for r in (c["answer"], f"The answer is {c['answer']}.", wrong, "")] == [1, 1, 0, 0]
+
+
+def test_practice_sets_questions_and_errors():
+    hs, piqa, csqa = HellaSwag(data_dir=DATA), PIQA(data_dir=DATA), CommonsenseQA(data_dir=DATA)
+    assert hs[0]["messages"][0]["content"].startswith(f"Which ending continues this best?\n\n{hs.rows[0]['activity_label']}: {hs.rows[0]['ctx']} ...")
+    assert f"Goal: {piqa.rows[0]['goal']}" in piqa[0]["messages"][0]["content"] and csqa[0]["id"] == csqa.rows[0]["id"]
+    wikihow = next(hs.conversation(r) for r in hs.rows if r["source_id"].startswith("wikihow"))
+    assert "[" not in wikihow["messages"][0]["content"] and ".. " not in wikihow["messages"][0]["content"]
+    assert hellaswag_text("[header] How to X [title] Do Y. [step] Then z.") == "How to X. Do Y. Then z."
+    assert hellaswag_text("[substeps] Rinse. [title] Dry it.") == "Rinse. Dry it." and hellaswag_text("the [portrait] key") == "the [portrait] key"
+    with pytest.raises(ValueError, match=r"HellaSwag item 24: label '' "): hs.conversation(hs.rows[0] | {"label": ""})
+    with pytest.raises(ValueError, match=r"PIQA item 'open a jar': label -1 "): piqa.conversation(piqa.rows[0] | {"goal": "open a jar", "label": -1})
+    with pytest.raises(ValueError, match=rf"CommonsenseQA item {csqa.rows[0]['id']}: answer 'F' "): csqa.conversation(csqa.rows[0] | {"answerKey": "F"})
+    with pytest.raises(FileNotFoundError, match=r"evals/piqa/test\.jsonl\.gz"): PIQA("test", DATA)
 
 
 def test_gsm8k_tool_calls():
@@ -224,7 +261,9 @@ def test_gsm8k_full_data_converts_and_calculator_agrees(tok):
 
 @needs_shared
 @pytest.mark.parametrize("make, n", [(lambda: ARC("ARC-Easy", "test", SHARED), 2376), (lambda: ARC("ARC-Challenge", "validation", SHARED), 299),
-                                     (lambda: MMLU("test", SHARED), 14042), (lambda: HumanEval(SHARED), 164), (lambda: SmolTalk(data_dir=SHARED), None)])
+                                     (lambda: MMLU("test", SHARED), 14042), (lambda: HumanEval(SHARED), 164), (lambda: SmolTalk(data_dir=SHARED), None),
+                                     (lambda: HellaSwag(data_dir=SHARED), 10042), (lambda: PIQA(data_dir=SHARED), 1838),
+                                     (lambda: CommonsenseQA(data_dir=SHARED), 1221)])
 def test_full_data_loads(make, n):
     task = make()
     assert n is None or len(task) == n
