@@ -130,14 +130,14 @@ def set_learning_rates(optimizers, scale: float, step: int):
             g["lr"] = g["initial_lr"] * scale
             if isinstance(opt, Muon): g["momentum"] = muon_momentum(step)
 
-# %% ../nbs/12a_train.ipynb #b672fcad
+# %% ../nbs/12a_train.ipynb #f2833301
 @torch.no_grad()
 def evaluate_bpb(model, batches, token_bytes) -> float:
-    "Bits per byte over `batches` of `(inputs, targets)`, summed across ranks."
+    "Bits per byte over `batches` of `(inputs, targets)`, summed across ranks; targets of -1 (not scored) count no bytes."
     nats = torch.zeros((), dtype=torch.float64, device=token_bytes.device)
     nbytes = torch.zeros((), dtype=torch.float64, device=token_bytes.device)
     for x, y in batches:
-        b = token_bytes[y]
+        b = token_bytes[y.clamp(min=0)] * (y >= 0)
         nats += model(x, targets=y.masked_fill(b == 0, -1), reduction="sum").double()
         nbytes += b.sum()
     if dist.is_initialized(): dist.all_reduce(nats); dist.all_reduce(nbytes)
@@ -235,7 +235,7 @@ class TrainLoop:
         self.history.append(record); self.metrics.update(record)
         if self.on_log: self.on_log(record)
 
-# %% ../nbs/12a_train.ipynb #7582bf67
+# %% ../nbs/12a_train.ipynb #c9b4bfe4
 def _check_finite(loss: float, loop: TrainLoop):
     if not math.isfinite(loss):
         raise FloatingPointError(f"loss is {loss} at step {loop.step + 1}: stopping; the last good checkpoint "
@@ -248,8 +248,9 @@ def run_loop(loop: TrainLoop, step_fn: Callable, hooks=()) -> list[dict]:
     try:
         while True:
             done = loop.progress() >= 1.0
-            for hook in hooks:
-                if hook.due(loop.step, done): hook.fn(loop)
+            due = [hook for hook in hooks if hook.due(loop.step, done)]
+            for hook in due: hook.fn(loop)
+            if due: bar.unpause()  # evaluating is not training: keep its time out of the bar's rate and ETA
             if done: return loop.history
             set_learning_rates(loop.optimizers, lr_multiplier(loop.progress(), **loop.schedule), loop.step)
             t0 = time.perf_counter()

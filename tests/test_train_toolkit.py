@@ -1,5 +1,5 @@
 """The training toolkit under pretraining: the same losses as before it moved out of base_train, MFU that never
-passes 100% when the CPU was busy at start, a progress bar that follows the time budget, the passes-over-data
+passes 100% when the CPU was busy at start, a progress bar that follows the time budget and leaves evaluations out of its ETA, the passes-over-data
 warning, best and last checkpoints, lineage written and checked, and unknown config keys refused by name."""
 import json, os, re, subprocess, sys, time
 from dataclasses import asdict
@@ -79,6 +79,15 @@ def test_progress_bar_follows_the_time_budget(base_dir):
     assert r.returncode == 0, r.stderr
     done, total = map(int, re.findall(r"(\d+)/(\d+) \[", r.stderr)[-1])
     assert total < 100_000 and abs(total - done) <= 1, (done, total)
+
+
+def test_eta_leaves_out_the_time_spent_in_hooks():
+    "An evaluation of 1.5 s at the start must not make the bar think each 20 ms step takes longer."
+    loop = toolkit.TrainLoop([], num_iterations=20)
+    slow_eval = toolkit.Hook(10**9, lambda loop: time.sleep(1.5), at_start=True)
+    toolkit.run_loop(loop, lambda loop: (time.sleep(0.02), (1.0, 1))[1], [slow_eval])
+    assert loop.bar.format_dict["elapsed"] < 1.0  # 20 steps of 20 ms; the evaluations at the start and the end are left out
+    assert loop.bar.format_dict["n"] == 20
 
 
 def run_small(*args):
