@@ -6,7 +6,7 @@
 __all__ = ['TASKS', 'CHATCORE_TASKS', 'COUNTS', 'NEAR_CHANCE', 'letter_ids', 'logits_at', 'completion_prompt', 'judge_letters',
            'score_categorical', 'prompt_messages', 'sample_replies', 'answer_text', 'tool_calls', 'ChatTask',
            'judge_reply', 'problem_indices', 'add_verdicts', 'evaluate_task', 'task_row', 'summarize', 'ChatEvalConfig',
-           'check_config', 'evaluate', 'main']
+           'check_config', 'evaluate_tasks', 'evaluate', 'main']
 
 # %% ../nbs/18_chat_eval.ipynb #a5888e80
 import ast
@@ -213,8 +213,18 @@ def check_config(cfg: ChatEvalConfig):
     if cfg.num_samples > 1 and cfg.temperature == 0:
         raise ValueError(f"--num-samples {cfg.num_samples} at --temperature 0 would draw {cfg.num_samples} identical replies; give a temperature > 0")
 
-# %% ../nbs/18_chat_eval.ipynb #4fcf00be
+# %% ../nbs/18_chat_eval.ipynb #62ce762c
 NEAR_CHANCE = "At CPU scale, tasks marked '≈ chance on CPU' score what guessing scores (centered ≈ 0): watch the probes (stops, format, calls, SpellingBee, Arithmetic)."
+
+def evaluate_tasks(names: list[str], engine: Engine, cfg: ChatEvalConfig, rank: int = 0, world: int = 1) -> tuple[list[dict], dict]:
+    "The table rows of the tasks `names` (counts summed over ranks) and a few replies of each; a training run calls this too."
+    counts, examples = {}, {}
+    with autocast_for(engine.model.lm_head.weight.device)[0]:
+        for name in names:
+            task = TASKS[name].load(cfg)
+            counts[name], examples[name] = evaluate_task(name, task, problem_indices(task, cfg.max_per_task), engine, cfg, rank, world)
+    counts = sum_counts(counts)
+    return [task_row(name, counts[name], cfg.num_samples) for name in names], examples
 
 def evaluate(cfg: ChatEvalConfig) -> tuple[list[dict], dict]:
     "Evaluate the checkpoint `cfg` names on its tasks; print the table and ChatCORE, write the results (rank 0); returns the rows and the summary."
@@ -225,13 +235,7 @@ def evaluate(cfg: ChatEvalConfig) -> tuple[list[dict], dict]:
     model, _ = load_model(checkpoint=model_file, device=device)
     engine = Engine(model, get_tokenizer(tokenizer_file(cfg.model_tag)))
     print0(f"chat_eval: {model_file} on {', '.join(names)}" + (f", {world} processes" if world > 1 else ""))
-    counts, examples = {}, {}
-    with autocast_for(device)[0]:
-        for name in names:
-            task = TASKS[name].load(cfg)
-            counts[name], examples[name] = evaluate_task(name, task, problem_indices(task, cfg.max_per_task), engine, cfg, rank, world)
-    counts = sum_counts(counts)
-    rows = [task_row(name, counts[name], cfg.num_samples) for name in names]
+    rows, examples = evaluate_tasks(names, engine, cfg, rank, world)
     summary = summarize(rows)
     print_table(rows, title=f"chat_eval of {model_file.parent.name}/{model_file.name}")
     score = summary.get("chatcore", summary.get("chatcore_partial"))
