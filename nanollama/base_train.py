@@ -7,9 +7,8 @@ __all__ = ['MAX_USEFUL_PASSES', 'SAMPLE_PROMPTS', 'TrainConfig', 'batch_tokens_f
            'prepare_data', 'make_loaders', 'passes_over_data', 'passes_note', 'capped_plan', 'add_dropout', 'describe',
            'Pretraining', 'make_optimizers', 'sample', 'train', 'main']
 
-# %% ../nbs/13_base_train.ipynb #64d14b0e
+# %% ../nbs/13_base_train.ipynb #47d71fdb
 import math
-import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 import torch
@@ -24,8 +23,8 @@ from .llama import Llama, LlamaConfig
 from .optim import adamw_lr_scale, build_optimizers
 from .tasks import PERSONALITY_DIR, load_conversations
 from .tokenizer import default_tokenizer_path, get_tokenizer
-from .train import (Hook, TrainLoop, autocast_for, check_ranges, evaluate_bpb, mfu_meter, optimizer_step,
-                             params_agree, parse_config, print0, run_loop, setting, setup_device, training_forward)
+from .train import (Hook, TrainLoop, autocast_for, check_ranges, drive, evaluate_bpb, mfu_meter, optimizer_step,
+                             parse_config, print0, setting, setup_device, stage_main, training_forward, wandb_logger)
 
 # %% ../nbs/13_base_train.ipynb #8b0f7e61
 MAX_USEFUL_PASSES = 4  # Muennighoff et al. (2023): repeated data is worth nearly as much as fresh up to about 4 passes
@@ -172,7 +171,7 @@ def add_dropout(model: Llama, p: float) -> list:
     hook = lambda module, args, out: F.dropout(out, p, module.training)
     return [m.register_forward_hook(hook) for block in model.layers for m in (block.attn, block.mlp)]
 
-# %% ../nbs/13_base_train.ipynb #168a31bc
+# %% ../nbs/13_base_train.ipynb #86e03253
 SAMPLE_PROMPTS = ["To be, or not to be", "ROMEO.\n", "The meaning of life is"]
 
 def describe(tc: TrainConfig, plan: Plan, world: int, device) -> str:
@@ -196,7 +195,7 @@ def describe(tc: TrainConfig, plan: Plan, world: int, device) -> str:
     return "\n".join(lines)
 
 class Pretraining:
-    "One pretraining run: its settings, device, tokenizer and plan; `start` builds the rest, `run_loop` drives it."
+    "One pretraining run: its settings, device, tokenizer and plan; `start` builds the rest, `drive` runs it."
     def __init__(self, tc: TrainConfig):
         check_config(tc)
         self.tc = tc
@@ -208,7 +207,7 @@ class Pretraining:
         self.ckpt_dir = checkpoints_dir() / tc.model_tag
         print0(describe(tc, self.plan, self.world, self.device))
 
-# %% ../nbs/13_base_train.ipynb #689d161f
+# %% ../nbs/13_base_train.ipynb #bcfeff53
 def make_optimizers(tc: TrainConfig, model) -> list:
     "Muon + AdamW for a Llama (lesson 06); AdamW for every parameter of the GPT-2 baseline (lesson 05a)."
     if isinstance(model, GPT2): return gpt2_optimizers(model, tc.adamw_lr)
@@ -241,8 +240,9 @@ def start(self: Pretraining) -> TrainLoop:
     self.autocast, mm_dtype = autocast_for(self.device, tc.dtype)
     self.fwd = training_forward(self.model, self.device, self.world, tc.compile)
     self.token_bytes = self.tokenizer.token_bytes().to(self.device)
+    log_to, self.wandb_run = wandb_logger(tc.run, self.rank, asdict(tc))
     loop = TrainLoop(self.optimizers, self.plan.num_iterations, tc.time_budget, tc.warmup_ratio, tc.warmdown_ratio,
-                     tc.final_lr_frac, rank=self.rank, on_log=self.wandb_logger(), where=f" in {self.ckpt_dir}")
+                     tc.final_lr_frac, rank=self.rank, on_log=log_to, where=f" in {self.ckpt_dir}")
     self.best = math.inf
     if state is not None: self.restore(state, loop)
     elif self.rank == 0 and (old := clear_checkpoints(tc.model_tag)):
@@ -270,14 +270,6 @@ def restore(self: Pretraining, state: dict, loop: TrainLoop):
     loop.step, loop.elapsed, loop.last_saved = state["step"], state["elapsed"], state["step"]
     self.best = state.get("best_val_bpb", math.inf)
     print0(f"resumed {self.tc.model_tag} at step {loop.step} ({loop.elapsed / 60:.1f} minutes in)")
-
-@patch
-def wandb_logger(self: Pretraining):
-    "A function logging each record to Weights & Biases, if `--run` names a run (rank 0); else None."
-    if not (self.tc.run and self.rank == 0): return None
-    import wandb
-    self.wandb_run = wandb.init(project="nanollama", name=self.tc.run, config=asdict(self.tc))
-    return self.wandb_run.log
 
 # %% ../nbs/13_base_train.ipynb #3fc2ba59
 @patch
@@ -340,26 +332,19 @@ def hooks(self: Pretraining) -> list[Hook]:
     tc = self.tc
     return [Hook(tc.eval_every, self.evaluate, at_start=True), Hook(tc.sample_every, self.show_samples), Hook(tc.save_every, self.save)]
 
-# %% ../nbs/13_base_train.ipynb #2fe9981d
+# %% ../nbs/13_base_train.ipynb #58e15ae8
 def train(tc: TrainConfig) -> list[dict]:
     "Run pretraining as `tc` says; returns the history of logged steps (rank 0)."
     run = Pretraining(tc)
     if tc.dry_run: return []
-    loop = run.start()
-    history = run_loop(loop, run.step, run.hooks())
-    if not params_agree(run.model): raise RuntimeError("ranks disagree on the parameters after training")
+    loop = drive(run)
     print0(f"done: {loop.step} steps in {loop.elapsed / 60:.1f} minutes, val bpb {loop.metrics['val_bpb']:.4f} "
            f"(best {run.best:.4f}), parameters identical on all {run.world} ranks")
-    if tc.run and run.rank == 0: run.wandb_run.finish()
-    return history
+    return loop.history
 
-# %% ../nbs/13_base_train.ipynb #cf0a68dc
+# %% ../nbs/13_base_train.ipynb #1b66d0e7
 def main(argv=None):
     "`python -m nanollama.base_train [--flags]`: pretrain a model."
-    tc = parse_config(TrainConfig, argv, "Pretrain a nanollama model.")
-    try: train(tc)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e: sys.exit(f"error: {e}")
-    finally:
-        if dist.is_initialized(): dist.destroy_process_group()
+    stage_main(TrainConfig, train, "Pretrain a nanollama model.", argv)
 
 if __name__ == "__main__" and "__file__" in globals(): main()  # a notebook has no __file__: running the lesson trains nothing

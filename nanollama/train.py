@@ -6,12 +6,13 @@
 __all__ = ['GPU_PEAK_FLOPS', 'setting', 'flag', 'config_parser', 'parse_config', 'check_ranges', 'setup_device', 'print0',
            'params_agree', 'autocast_for', 'training_forward', 'next_token_loss', 'optimizer_step', 'lr_multiplier',
            'muon_momentum', 'set_learning_rates', 'evaluate_bpb', 'measure_cpu_peak_flops', 'peak_flops', 'MFU',
-           'mfu_meter', 'Hook', 'TrainLoop', 'run_loop']
+           'mfu_meter', 'Hook', 'TrainLoop', 'run_loop', 'wandb_logger', 'drive', 'stage_main']
 
-# %% ../nbs/12a_train.ipynb #792d151c
+# %% ../nbs/12a_train.ipynb #d31c45eb
 import argparse
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
@@ -264,3 +265,27 @@ def run_loop(loop: TrainLoop, step_fn: Callable, hooks=()) -> list[dict]:
             bar.total = loop.expected_steps(); bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}", mfu="n/a" if math.isnan(mfu) else f"{mfu:.0%}")
     finally: bar.close()
+
+# %% ../nbs/12a_train.ipynb #597869eb
+def wandb_logger(run_name: str | None, rank: int, config: dict, **kw):
+    "Weights & Biases' `(log function, run)` when `run_name` names a run and this is rank 0, else `(None, None)`."
+    if not (run_name and rank == 0): return None, None
+    import wandb
+    run = wandb.init(project="nanollama", name=run_name, config=config, **kw)
+    return run.log, run
+
+def drive(run) -> TrainLoop:
+    "Train a stage's `run` to its end (`run.start()`, then `run.step` with `run.hooks()`); returns the loop."
+    loop = run.start()
+    run_loop(loop, run.step, run.hooks())
+    if not params_agree(run.model): raise RuntimeError("ranks disagree on the parameters after training")
+    if getattr(run, "wandb_run", None) is not None: run.wandb_run.finish()
+    return loop
+
+def stage_main(config_cls, train: Callable, description: str, argv=None):
+    "A stage's command: `train(settings from the flags)`; an error the user can fix exits with one line."
+    cfg = parse_config(config_cls, argv, description)
+    try: train(cfg)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e: sys.exit(f"error: {e}")
+    finally:
+        if dist.is_initialized(): dist.destroy_process_group()
