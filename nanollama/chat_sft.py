@@ -30,7 +30,7 @@ def step_loss(scored: int, grad_accum: int, world: int):
     scale = grad_accum * world / max(scored, 1)  # optimizer_step divides by grad_accum; DDP averages over world
     return lambda fwd, batch: fwd(batch[0], targets=batch[1], reduction="sum") * scale
 
-# %% ../nbs/19a_chat_sft.ipynb #84b91607
+# %% ../nbs/19a_chat_sft.ipynb #b5ce4f94
 @dataclass
 class SFTConfig:
     "Everything a fine-tuning run needs; `None` means 'derive it'."
@@ -63,6 +63,7 @@ class SFTConfig:
     chat_eval_tasks: str = setting("SpellingBee,Arithmetic", "the tasks of the quick chat_eval ('' for none)")
     chat_eval_max: int = setting(50, "problems per task in the quick chat_eval")
     save_every: int = setting(500, "save a checkpoint every this many steps (0: only at the end)")
+    keep_best: bool = setting(True, "also keep the model with the best held-out bits per byte (load it as --model-tag=TAG:best)")
     resume: bool = setting(False, "continue the latest checkpoint of --output-tag exactly where it stopped")
     run: str | None = setting(None, "log to Weights & Biases under this run name")
     # the machine
@@ -139,7 +140,7 @@ def describe(self: FineTuning) -> str:
         f"learning rates: {cfg.lr_frac} × the base run's, warmup {cfg.warmup_ratio}, warmdown {cfg.warmdown_ratio} to {cfg.final_lr_frac}; "
         + ("the base run's optimiser state" if cfg.base_optimizer else "a fresh optimiser state")])
 
-# %% ../nbs/19a_chat_sft.ipynb #ab36dbc6
+# %% ../nbs/19a_chat_sft.ipynb #3257b647
 BASE_LRS = dict(matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004)  # base_train's defaults, for a base saved without its settings
 
 @patch
@@ -189,7 +190,9 @@ def start(self: FineTuning) -> TrainLoop:
     log_to, self.wandb_run = wandb_logger(cfg.run, self.rank, asdict(cfg), job_type="sft")
     loop = TrainLoop(self.optimizers, self.num_iterations, cfg.time_budget, cfg.warmup_ratio, cfg.warmdown_ratio, cfg.final_lr_frac,
                      rank=self.rank, on_log=log_to, where=f" in {checkpoints_dir() / cfg.output_tag}")
+    self.best = math.inf
     if state is not None:
+        self.best = state["best_val_bpb"]
         for opt, s in zip(self.optimizers, state["optimizers"]): opt.load_state_dict(s)
         self.loader.load_state_dict(state["loader"]); torch.set_rng_state(state["rng"])
         loop.step, loop.elapsed, loop.last_saved, loop.history = state["step"], state["elapsed"], state["step"], state["history"]
@@ -208,7 +211,7 @@ def step(self: FineTuning, loop: TrainLoop) -> tuple[float, int]:
                           step_loss(int(scored), self.grad_accum, self.world))
     return loss, self.rows_per_step * self.seq_len
 
-# %% ../nbs/19a_chat_sft.ipynb #01474145
+# %% ../nbs/19a_chat_sft.ipynb #e96f0032
 SAMPLE_QUESTIONS = ["Who are you?", "How do you spell 'garden'?", "How many 'r' are in 'strawberry'?", "What is 12 * 34?"]
 
 @patch
@@ -220,7 +223,11 @@ def evaluate(self: FineTuning, loop: TrainLoop):
     with self.autocast: bpb = evaluate_bpb(self.model, (tuple(t.to(self.device) for t in val.batch(rows[i:i + B])) for i in range(0, len(rows), B)), self.token_bytes)
     self.model.train()
     loop.log(val_bpb=bpb)
-    loop.write(f"step {loop.step:5d} | held-out assistant bpb {bpb:.4f}")
+    best = loop.step > 0 and bpb < self.best  # step 0 is the base model, not a fine-tuned one
+    loop.write(f"step {loop.step:5d} | held-out assistant bpb {bpb:.4f}" + (" (best so far)" if best else ""))
+    if best:
+        self.best = bpb
+        if self.cfg.keep_best: self.save(loop, best=True)
 
 @patch
 def chat_eval(self: FineTuning, loop: TrainLoop):
@@ -240,7 +247,7 @@ def answers(self: FineTuning) -> list[str]:
     self.model.train()
     return out
 
-# %% ../nbs/19a_chat_sft.ipynb #8b185498
+# %% ../nbs/19a_chat_sft.ipynb #ed96edc3
 @patch
 def show_answers(self: FineTuning, loop: TrainLoop):
     "Sample answers: remembered at the start, printed beside the start's at the end (rank 0)."
@@ -252,17 +259,18 @@ def show_answers(self: FineTuning, loop: TrainLoop):
     self.after = now
 
 @patch
-def save(self: FineTuning, loop: TrainLoop):
-    "Save the model with its lineage (stage sft, the base as parent) and the state to resume from (rank 0)."
-    if self.rank != 0 or loop.step == loop.last_saved: return
+def save(self: FineTuning, loop: TrainLoop, best: bool = False):
+    "Save the model with its lineage (stage sft, the base as parent) and, unless it is the best-so-far copy, the state to resume from (rank 0)."
+    if self.rank != 0 or (not best and loop.step == loop.last_saved): return
     cfg, metrics = self.cfg, {k: v for k, v in loop.metrics.items() if k not in ("step", "elapsed", "tok_s", "mfu")}
-    state = dict(step=loop.step, elapsed=loop.elapsed, optimizers=[o.state_dict() for o in self.optimizers], loader=self.loader.state_dict(),
-                 rng=torch.get_rng_state(), data=self.data.train.fingerprint(), history=loop.history)
+    state = None if best else dict(step=loop.step, elapsed=loop.elapsed, optimizers=[o.state_dict() for o in self.optimizers],
+                                   loader=self.loader.state_dict(), rng=torch.get_rng_state(), data=self.data.train.fingerprint(),
+                                   history=loop.history, best_val_bpb=self.best)
     meta = dict(train_config=asdict(cfg), mixture=self.data.table, history=loop.history,
                 answers={"questions": SAMPLE_QUESTIONS, "before": getattr(self, "before", None), "after": getattr(self, "after", None)})
     save_checkpoint(cfg.output_tag, loop.step, self.model, state, meta, tokenizer_file=self.tokenizer_path, stage="sft",
-                    parent=parent_of(self.base_meta, cfg.model_tag), metrics=metrics)
-    loop.last_saved = loop.step
+                    parent=parent_of(self.base_meta, cfg.model_tag), metrics=metrics, best=best)
+    if not best: loop.last_saved = loop.step
 
 @patch
 def hooks(self: FineTuning) -> list[Hook]:

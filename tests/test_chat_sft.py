@@ -56,6 +56,8 @@ def test_torchrun_two_ranks_match_one_process_and_lineage(base_dir):
     assert single["stage"] == "sft" and single["parent"]["tag"] == "base" and single["parent"]["stage"] == "base"
     assert [h["step"] for h in single["history"] if "val_bpb" in h] == [0, 2, 4]
     assert single["mixture"][0]["source"] == "identity" and single["train_config"]["output_tag"] == "single"
+    best = json.loads((base_dir / "checkpoints" / "single" / "meta_best.json").read_text())  # the best held-out step after step 0
+    assert best["step"] == min((h for h in single["history"] if "val_bpb" in h and h["step"]), key=lambda h: h["val_bpb"])["step"]
 
 
 def test_resume_is_exact(base_dir):
