@@ -6,7 +6,7 @@
 __all__ = ['BASE_LRS', 'SAMPLE_QUESTIONS', 'step_loss', 'SFTConfig', 'check_config', 'mixture_weights', 'parent_of', 'FineTuning',
            'train', 'main']
 
-# %% ../nbs/19a_chat_sft.ipynb #0f2e23ec
+# %% ../nbs/19a_chat_sft.ipynb #fa411d19
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -20,6 +20,7 @@ from .engine import Engine
 from .evaluation import format_table, parse_tasks
 from .optim import build_optimizers
 from .sft_data import CPU_MIXTURE, GPU_MIXTURE, SFTLoader, build_data, parse_mixture
+from .tasks import data_root
 from .tokenizer import get_tokenizer
 from .train import (Hook, TrainLoop, autocast_for, check_ranges, drive, evaluate_bpb, optimizer_step, print0, setting,
                              setup_device, stage_main, training_forward, wandb_logger)
@@ -83,7 +84,7 @@ def check_config(cfg: SFTConfig):
     if cfg.dtype not in ("auto", "bfloat16", "float32"): raise ValueError(f"--dtype must be auto, bfloat16 or float32, got {cfg.dtype!r}")
     parse_tasks(cfg.chat_eval_tasks, TASKS)
 
-# %% ../nbs/19a_chat_sft.ipynb #35399222
+# %% ../nbs/19a_chat_sft.ipynb #62a807e2
 def mixture_weights(cfg: SFTConfig, device) -> dict[str, float]:
     "The mixture's weights: `--mixture`, or the default for this device; `--data` adds the source 'data'."
     weights = parse_mixture(cfg.mixture or (GPU_MIXTURE if device.type == "cuda" else CPU_MIXTURE))
@@ -112,6 +113,7 @@ class FineTuning:
         if self.seq_len > context: raise ValueError(f"--seq-len={self.seq_len} is longer than the model's context ({context} tokens)")
         self.plan_batch()
         self.weights = mixture_weights(cfg, self.device)
+        print0(f"data: {', '.join(self.weights)} from {data_root(cfg.data_dir) or 'the Hugging Face hub (--data-dir or $NANOLLAMA_DATA: local files)'}")
         self.data = build_data(cfg, self.tokenizer, self.weights, self.seq_len + 1, cfg.val_per_source, cfg.seed)
         self.num_iterations = cfg.num_iterations or math.ceil(cfg.epochs * len(self.data.train) / self.rows_per_step)
         print0(self.data.describe())
