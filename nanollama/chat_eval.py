@@ -68,23 +68,26 @@ def score_categorical(model, tokenizer, convs: list[dict], batch_size: int = 8, 
         for row, i in enumerate(batch): verdicts[i] = judge_letters(logits[row, 0], logits[row, 1], convs[i], ids[i], tokenizer.eot_id)
     return verdicts
 
-# %% ../nbs/18_chat_eval.ipynb #4105e345
+# %% ../nbs/18_chat_eval.ipynb #81049c7e
 def prompt_messages(conv: dict) -> list[dict]:
     "The conversation up to its last user message: the question, without the reference answer."
     msgs = conv["messages"]
     return msgs[:max(i for i, m in enumerate(msgs) if m["role"] == "user") + 1]
 
 def sample_replies(engine: Engine, messages: list[dict], num_samples: int = 1, max_tokens: int = 256, **sampling) -> list[dict]:
-    "Replies to `messages`: each one's messages (tool calls and outputs as turns), shown text, and whether it ended with <|eot_id|>."
+    "Replies to `messages`: each one's messages (tool calls and outputs as turns), shown text, whether it ended with <|eot_id|>, and its `prompt`, `tokens` and which were `forced`."
     ids, max_tokens = engine.fit_prompt(messages, max_tokens)
     n, tok = num_samples, engine.tokenizer
     streams, texts, stopped = [ReplyStream(tok) for _ in range(n)], [""] * n, [False] * n
+    sampled, forced_by = [[] for _ in range(n)], [[] for _ in range(n)]
     for tokens, forced in engine.stream(ids, n, max_tokens=max_tokens, **sampling):
         for i, (t, f) in enumerate(zip(tokens, forced)):
             if t is None: continue  # this sample has finished
+            sampled[i].append(t); forced_by[i].append(f)
             if t in engine.stop_ids and not f: stopped[i] = t == tok.eot_id
             else: texts[i] += streams[i].push(t, f)
-    return [{"messages": s.messages, "text": x, "stopped": e} for s, x, e in zip(streams, texts, stopped)]
+    return [{"messages": s.messages, "text": x, "stopped": e, "prompt": ids, "tokens": t, "forced": f}
+            for s, x, e, t, f in zip(streams, texts, stopped, sampled, forced_by)]
 
 # %% ../nbs/18_chat_eval.ipynb #828ddce8
 def answer_text(messages: list[dict]) -> str:

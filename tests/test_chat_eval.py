@@ -136,6 +136,9 @@ def test_real_replies_with_a_tool_call(chat_base_dir, monkeypatch):
     engine = load_engine("calc", device="cpu")
     r, = sample_replies(engine, [{"role": "user", "content": CALC_QUESTION}], temperature=0)
     assert r["messages"] == CALC_CHAT[1:] and r["stopped"] and r["text"] == 'Counting: [python: "strawberry".count("r") → 3] There are 3.'
+    tok = engine.tokenizer  # the tokens, as training on them needs them: the whole conversation, the tool's turn flagged as forced
+    assert r["prompt"] + r["tokens"] == tok.render_conversation(CALC_CHAT)[0]
+    assert [t for t, f in zip(r["tokens"], r["forced"]) if f] == tok.render_tool_output("3")
     bee = SpellingBee("test", 1)
     conv = {"messages": CALC_CHAT, "kind": "count", "word": "strawberry", "answer": "3"}
     assert judge_reply("SpellingBee", bee, conv, r) == {"correct": True, "well_formed": True, "stopped": True, "calls": 1, "good_calls": 1}
