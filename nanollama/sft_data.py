@@ -115,13 +115,12 @@ def best_fit(lengths, capacity: int) -> list[list[int]]:
         if free > n: bisect.insort(room, (free - n, r))
     return rows
 
-# %% ../nbs/19_sft_data.ipynb #d0dea1ca
+# %% ../nbs/19_sft_data.ipynb #dfd7a711
 @dataclass
 class Packed:
-    "Conversations packed into rows: `ids` `(rows, seq_len + 1)`, `mask` (1 where a token is trained on), and where each row's pieces came from."
+    "Conversations packed into rows: `ids` `(rows, seq_len + 1)` and `mask` (1 where a token is trained on)."
     ids: torch.Tensor
     mask: torch.Tensor
-    sources: list[list[int]]  # each row's pieces, by source number
 
     def __len__(self): return len(self.ids)
 
@@ -134,7 +133,7 @@ class Packed:
         "16 hex digits that change when any row's tokens or mask change."
         return hashlib.sha256(self.ids.numpy().tobytes() + self.mask.numpy().tobytes()).hexdigest()[:16]
 
-def pack(pieces: list[tuple[list[int], list[int]]], row_len: int, pad_id: int, sources=None) -> Packed:
+def pack(pieces: list[tuple[list[int], list[int]]], row_len: int, pad_id: int) -> Packed:
     "Pack `(ids, mask)` pieces whole into rows of `row_len` by best fit, padded with `pad_id` (mask 0)."
     rows = best_fit([len(ids) for ids, _ in pieces], row_len)
     ids, mask = torch.full((len(rows), row_len), pad_id, dtype=torch.int32), torch.zeros(len(rows), row_len, dtype=torch.bool)
@@ -144,10 +143,9 @@ def pack(pieces: list[tuple[list[int], list[int]]], row_len: int, pad_id: int, s
             p_ids, p_mask = pieces[i]
             ids[r, at:at + len(p_ids)], mask[r, at:at + len(p_ids)] = torch.tensor(p_ids), torch.tensor(p_mask, dtype=torch.bool)
             at += len(p_ids)
-    sources = sources or [0] * len(pieces)
-    return Packed(ids, mask, [[sources[i] for i in members] for members in rows])
+    return Packed(ids, mask)
 
-# %% ../nbs/19_sft_data.ipynb #40d64667
+# %% ../nbs/19_sft_data.ipynb #2ea7c887
 class SFTLoader:
     "The micro-batches of packed rows each optimiser step gives to rank `rank` of `world`; epochs in seeded orders; resumable."
     def __init__(self, packed: Packed, device_batch_size: int, grad_accum: int = 1, rank: int = 0, world: int = 1,
@@ -170,11 +168,12 @@ class SFTLoader:
             if self.cursor == len(self.packed): self.epoch, self.cursor = self.epoch + 1, 0
         return np.concatenate(out)
 
-    def next_step(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        "This rank's `grad_accum` micro-batches `(inputs, targets)` of the next step."
-        block = self.take(self.rows_per_step)
+    def next_step(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
+        "This rank's `grad_accum` micro-batches `(inputs, targets)` of the next step, and the scored targets of the whole step (all ranks)."
+        block = torch.from_numpy(self.take(self.rows_per_step))
         starts = [(m * self.world + self.rank) * self.B for m in range(self.grad_accum)]
-        return [tuple(t.to(self.device) for t in self.packed.batch(torch.from_numpy(block[s:s + self.B]))) for s in starts]
+        micro = [tuple(t.to(self.device) for t in self.packed.batch(block[s:s + self.B])) for s in starts]
+        return micro, int(self.packed.mask[block, 1:].sum())
 
     def state_dict(self) -> dict: return {"epoch": self.epoch, "cursor": self.cursor}
     def load_state_dict(self, state: dict): self.epoch, self.cursor = state["epoch"], state["cursor"]
@@ -195,7 +194,7 @@ def source_row(name: str, weight: float, rendered: list[tuple], n_val: int) -> d
             "trained": sum(sum(p[1]) for p in pieces), "cut": sum(cut for _, cut in rendered),
             "dropped": len(rendered) - len(pieces), "held out": n_val, "note": "CORE items" if SOURCES[name].in_core else ""}
 
-# %% ../nbs/19_sft_data.ipynb #6783cd38
+# %% ../nbs/19_sft_data.ipynb #d0d4886e
 @dataclass
 class SFTData:
     "The packed training and held-out rows of a mixture, and the table of what went into them."
@@ -220,7 +219,6 @@ def build_data(settings, tokenizer, weights: dict[str, float], row_len: int, val
     rendered, source = render_all(tokenizer, mix, row_len, "rendering"), [k for k, _ in mix.rows]
     held_out = [render_all(tokenizer, val, row_len) for _, val in parts]
     table = [source_row(n, weights[n], [r for r, s in zip(rendered, source) if s == k], len(parts[k][1])) for k, n in enumerate(names)]
-    kept = [(p, s) for (p, _), s in zip(rendered, source) if p is not None]
-    val = [(p, k) for k, rs in enumerate(held_out) for p, _ in rs if p is not None]
-    packed = [pack([p for p, _ in ps], row_len, tokenizer.eot_id, [s for _, s in ps]) for ps in (kept, val)]
-    return SFTData(*packed, table)
+    train = pack([p for p, _ in rendered if p is not None], row_len, tokenizer.eot_id)
+    val = pack([p for rs in held_out for p, _ in rs if p is not None], row_len, tokenizer.eot_id)
+    return SFTData(train, val, table)
