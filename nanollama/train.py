@@ -236,14 +236,14 @@ class TrainLoop:
         self.history.append(record); self.metrics.update(record)
         if self.on_log: self.on_log(record)
 
-# %% ../nbs/12a_train.ipynb #c9b4bfe4
+# %% ../nbs/12a_train.ipynb #044725a3
 def _check_finite(loss: float, loop: TrainLoop):
     if not math.isfinite(loss):
         raise FloatingPointError(f"loss is {loss} at step {loop.step + 1}: stopping; the last good checkpoint "
                                  f"(step {loop.last_saved}){loop.where} is untouched")
 
 def run_loop(loop: TrainLoop, step_fn: Callable, hooks=()) -> list[dict]:
-    "Run `loop` to its end: hooks when due, then a scheduled step of `step_fn(loop) -> (loss, tokens)`; returns the history."
+    "Run `loop` to its end: hooks when due, then a scheduled step of `step_fn(loop) -> (loss, tokens[, measurements])`; returns the history."
     loop.bar = bar = tqdm(total=loop.expected_steps(), initial=loop.step, disable=loop.rank != 0, unit="step", dynamic_ncols=True)
     loop.write = bar.write if loop.rank == 0 else (lambda s: None)
     try:
@@ -255,15 +255,16 @@ def run_loop(loop: TrainLoop, step_fn: Callable, hooks=()) -> list[dict]:
             if done: return loop.history
             set_learning_rates(loop.optimizers, lr_multiplier(loop.progress(), **loop.schedule), loop.step)
             t0 = time.perf_counter()
-            loss, tokens = step_fn(loop)
+            loss, tokens, *more = step_fn(loop)
             dt = time.perf_counter() - t0
             _check_finite(loss, loop)
             loop.step, loop.elapsed = loop.step + 1, loop.elapsed + dt
             tok_s = tokens / dt
             mfu = loop.mfu(tok_s) if loop.mfu else float("nan")
-            loop.log(loss=loss, tok_s=tok_s, mfu=mfu)
+            loop.log(loss=loss, tok_s=tok_s, mfu=mfu, **(measured := more[0] if more else {}))
             bar.total = loop.expected_steps(); bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}", mfu="n/a" if math.isnan(mfu) else f"{mfu:.0%}")
+            bar.set_postfix({"loss": f"{loss:.4f}", "tok_s": f"{tok_s:,.0f}", **({} if math.isnan(mfu) else {"mfu": f"{mfu:.0%}"}),
+                             **{k: f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}" for k, v in measured.items()}})
     finally: bar.close()
 
 # %% ../nbs/12a_train.ipynb #597869eb

@@ -1,5 +1,8 @@
 """Shared fixtures for the export tests: a small tokenizer and small random-weight models, saved as checkpoints the
 usual way (`save_checkpoint`) under a temporary base directory, one model tag per variant."""
+import os, subprocess, sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -90,3 +93,32 @@ def chat_base_dir(tmp_path_factory):
     for tag, model in (("html", chat), ("babble", babble), ("calc", calc)):
         save_checkpoint(tag, 1, model, tokenizer_file=root / "tok.model", root=root / "checkpoints")
     return root
+
+
+# The training stages' tests (chat_sft, chat_rl) run the commands in subprocesses on a tiny base model.
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def stage_env(base_dir, **extra) -> dict:
+    "The environment of a stage's command: its base directory, one thread, offline, the fixtures' data."
+    return {**os.environ, "NANOLLAMA_BASE_DIR": str(base_dir), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+            "NANOLLAMA_DATA": str(FIXTURES / "data"), **extra}
+
+
+def run_stage(base_dir, target, *args, torchrun=0, check=True, **extra):
+    "Run a module (`nanollama.x`) or a script (`x.py`), under torchrun with `torchrun` processes; `extra`: environment variables."
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}"] if torchrun else [sys.executable]
+    what = [str(target)] if str(target).endswith(".py") else ["-m", target]
+    r = subprocess.run([*launcher, *what, *args], env=stage_env(base_dir, **extra), capture_output=True, text=True, timeout=600)
+    if check: assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def tiny_chat_base(d):
+    "Into base directory `d`: a tokenizer with the tool tokens that has seen SpellingBee's conversations, and a tiny pretrained `base`."
+    from nanollama.synthetic import SpellingBee
+    chats = [m["content"] for c in SpellingBee("train", 50) for m in c["messages"]]
+    Tokenizer.train([embedded_text("train")[:100_000], *chats], vocab_size=512).save(d / "tokenizer" / "tokenizer.model")
+    run_stage(d, "nanollama.base_train", "--depth=1", "--seq-len=64", "--device-batch-size=8", "--total-batch-size=512",
+              "--num-iterations=3", "--eval-every=0", "--sample-every=0", "--eval-tokens=1024", "--save-every=0")
+    return d

@@ -1,44 +1,27 @@
 """chat_sft end to end through its command line on a tiny base model: two processes under torchrun against one with
 the same global batch, exact resume, the learning rate with gradient accumulation, the loss of a micro-batch with
 nothing to learn, lineage, and one-line errors for bad input before any training."""
-import gzip, json, os, subprocess, sys
+import json, os
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import FIXTURES, run_stage, tiny_chat_base
 from nanollama.checkpoint import complete_steps, save_checkpoint
 
-FIXTURES = Path(__file__).parent / "fixtures"
 SFT = ["--seq-len=64", "--mixture=identity=1,spellingbee=1,arithmetic=1", "--synthetic-size=40", "--val-per-source=4",
        "--eval-every=2", "--chat-eval-tasks=", "--save-every=2", "--num-iterations=4", "--lr-frac=0.5"]
 
 
-def env(base_dir):
-    return {**os.environ, "NANOLLAMA_BASE_DIR": str(base_dir), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-            "NANOLLAMA_DATA": str(FIXTURES / "data")}
-
-
-def run(base_dir, module, *args, torchrun=0, check=True):
-    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}"] if torchrun else [sys.executable]
-    r = subprocess.run([*launcher, "-m", module, *args], env=env(base_dir), capture_output=True, text=True, timeout=600)
-    if check: assert r.returncode == 0, r.stdout + r.stderr
-    return r
+run = run_stage
 
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
     "A base directory with a tokenizer (tool tokens included) and a tiny pretrained `base`."
-    d = tmp_path_factory.mktemp("sft")
-    from nanollama.dataset import embedded_text
-    from nanollama.synthetic import SpellingBee
-    from nanollama.tokenizer import Tokenizer
-    chats = [m["content"] for c in SpellingBee("train", 50) for m in c["messages"]]
-    Tokenizer.train([embedded_text("train")[:100_000], *chats], vocab_size=512).save(d / "tokenizer" / "tokenizer.model")
-    run(d, "nanollama.base_train", "--depth=1", "--seq-len=64", "--device-batch-size=8", "--total-batch-size=512",
-        "--num-iterations=3", "--eval-every=0", "--sample-every=0", "--eval-tokens=1024", "--save-every=0")
-    return d
+    return tiny_chat_base(tmp_path_factory.mktemp("sft"))
 
 
 def meta(base_dir, tag, step=None):
@@ -69,7 +52,7 @@ def test_resume_is_exact(base_dir):
     a, b = meta(base_dir, "straight"), meta(base_dir, "stopped")
     assert b["step"] == 4 and a["metrics"]["loss"] == b["metrics"]["loss"] and a["metrics"]["val_bpb"] == b["metrics"]["val_bpb"]
     r = run(base_dir, "nanollama.chat_sft", *SFT, "--device-batch-size=4", "--output-tag=stopped", "--resume", "--seed=1", check=False)
-    assert r.returncode == 1 and "--resume: the packed rows differ" in r.stderr
+    assert r.returncode == 1 and "--resume: the training data differ" in r.stderr
 
 
 def test_learning_rate_with_gradient_accumulation(base_dir, monkeypatch):
