@@ -12,19 +12,22 @@ import torch.nn.functional as F
 from .rmsnorm import rms_norm
 from .rope import apply_rope, rope_cache
 
-# %% ../nbs/03_attention.ipynb #1fe4da3d
-def causal_attention(q, k, v):
-    "Causal attention of queries `(B, H, Tq, d)` over keys/values `(B, Hkv, Tk, d)`; the queries are the last `Tq` positions."
+# %% ../nbs/03_attention.ipynb #b06494b5
+def causal_attention(q, k, v, key_mask=None):
+    "Causal attention of queries `(B, H, Tq, d)` over keys/values `(B, Hkv, Tk, d)`; the queries are the last `Tq` positions; `key_mask` `(B, Tk)`: False for keys a row must not see."
     Tq, Tk = q.size(2), k.size(2)
-    if Tq == Tk: return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    if Tq == Tk and key_mask is None: return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     if Tq == 1:  # one new token: each KV head's g query heads become g query rows of one head
         B, Hkv, _, d = k.shape
-        y = F.scaled_dot_product_attention(q.view(B, Hkv, -1, d), k, v)
+        y = F.scaled_dot_product_attention(q.view(B, Hkv, -1, d), k, v, attn_mask=None if key_mask is None else key_mask[:, None, None])
         return y.reshape(q.shape)  # not .view: SDPA's output strides vary (torch.export's version differs from eager's)
     mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+    if key_mask is not None:  # and each query sees its own position, padding or not
+        own = torch.arange(Tk, device=q.device) == torch.arange(Tk - Tq, Tk, device=q.device)[:, None]
+        mask = mask & (key_mask[:, None, None] | own)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
 
-# %% ../nbs/03_attention.ipynb #803e6a27
+# %% ../nbs/03_attention.ipynb #a688e099
 class KVCache:
     "Pre-allocated keys and values: for each of `n_layer` layers, two `(batch, n_kv_head, max_len, head_dim)` tensors."
     def __init__(self, n_layer, batch_size, n_kv_head, head_dim, max_len, dtype=torch.float32, device=None):
@@ -32,12 +35,13 @@ class KVCache:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.pos = 0  # number of positions filled so far
+        self.mask = None  # (batch, max_len) bool, False at a row's padding; None: no padding
 
     @classmethod
     def over(cls, k: list, v: list, pos: int):
         "A cache over existing per-layer key and value tensors, `pos` positions filled (a compiled step receives them so)."
         cache = cls.__new__(cls)
-        cache.k, cache.v, cache.pos = list(k), list(v), pos
+        cache.k, cache.v, cache.pos, cache.mask = list(k), list(v), pos, None
         return cache
 
     @property
@@ -55,11 +59,15 @@ class KVCache:
         self.v[layer][:, :, self.pos:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def key_mask(self, end: int):
+        "Which of the first `end` positions each row may see (None: all of them)."
+        return None if self.mask is None else self.mask[:, :end]
+
     def advance(self, n: int): self.pos += n
 
     def reset(self): self.pos = 0
 
-# %% ../nbs/03_attention.ipynb #1b9313a3
+# %% ../nbs/03_attention.ipynb #6552ca24
 class Attention(nn.Module):
     "Grouped-query causal self-attention with RoPE, optional QK-norm and an optional `KVCache`."
     def __init__(self, n_embd: int, n_head: int, n_kv_head: int, layer_idx: int = 0, qk_norm: bool = True, norm_eps: float = 1e-5):
@@ -83,5 +91,5 @@ class Attention(nn.Module):
         if self.qk_norm: q, k = rms_norm(q, self.norm_eps), rms_norm(k, self.norm_eps)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None: k, v = cache.update(self.layer_idx, k, v)
-        y = causal_attention(q, k, v)
+        y = causal_attention(q, k, v, None if cache is None else cache.key_mask(k.size(2)))
         return self.o_proj(y.transpose(1, 2).flatten(2))

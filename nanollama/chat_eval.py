@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['TASKS', 'CHATCORE_TASKS', 'COUNTS', 'NEAR_CHANCE', 'letter_ids', 'logits_at', 'completion_prompt', 'judge_letters',
-           'score_categorical', 'prompt_messages', 'sample_replies', 'answer_text', 'tool_calls', 'ChatTask',
-           'judge_reply', 'problem_indices', 'add_verdicts', 'evaluate_task', 'task_row', 'summarize', 'ChatEvalConfig',
-           'check_config', 'evaluate_tasks', 'evaluate', 'main']
+           'score_categorical', 'prompt_messages', 'sample_replies_batch', 'sample_replies', 'answer_text',
+           'tool_calls', 'ChatTask', 'judge_reply', 'problem_indices', 'add_verdicts', 'evaluate_task', 'task_row',
+           'summarize', 'ChatEvalConfig', 'check_config', 'evaluate_tasks', 'evaluate', 'main']
 
 # %% ../nbs/18_chat_eval.ipynb #a5888e80
 import ast
@@ -68,26 +68,33 @@ def score_categorical(model, tokenizer, convs: list[dict], batch_size: int = 8, 
         for row, i in enumerate(batch): verdicts[i] = judge_letters(logits[row, 0], logits[row, 1], convs[i], ids[i], tokenizer.eot_id)
     return verdicts
 
-# %% ../nbs/18_chat_eval.ipynb #81049c7e
+# %% ../nbs/18_chat_eval.ipynb #a7f5e891
 def prompt_messages(conv: dict) -> list[dict]:
     "The conversation up to its last user message: the question, without the reference answer."
     msgs = conv["messages"]
     return msgs[:max(i for i, m in enumerate(msgs) if m["role"] == "user") + 1]
 
-def sample_replies(engine: Engine, messages: list[dict], num_samples: int = 1, max_tokens: int = 256, **sampling) -> list[dict]:
-    "Replies to `messages`: each one's messages (tool calls and outputs as turns), shown text, whether it ended with <|eot_id|>, and its `prompt`, `tokens` and which were `forced`."
-    ids, max_tokens = engine.fit_prompt(messages, max_tokens)
-    n, tok = num_samples, engine.tokenizer
+def sample_replies_batch(engine: Engine, questions: list[list[dict]], num_samples: int = 1, max_tokens: int = 256,
+                         seeds: list[int | None] | None = None, **sampling) -> list[list[dict]]:
+    "`sample_replies` for several questions in one batch (the engine's `stream_batch`): a list of replies per question, each question with its own seed."
+    fitted = [engine.fit_prompt(messages, max_tokens) for messages in questions]
+    prompts, max_tokens = [ids for ids, _ in fitted], min(m for _, m in fitted)
+    n, tok = len(questions) * num_samples, engine.tokenizer
     streams, texts, stopped = [ReplyStream(tok) for _ in range(n)], [""] * n, [False] * n
     sampled, forced_by = [[] for _ in range(n)], [[] for _ in range(n)]
-    for tokens, forced in engine.stream(ids, n, max_tokens=max_tokens, **sampling):
+    for tokens, forced in engine.stream_batch(prompts, num_samples, max_tokens, seeds=seeds, **sampling):
         for i, (t, f) in enumerate(zip(tokens, forced)):
             if t is None: continue  # this sample has finished
             sampled[i].append(t); forced_by[i].append(f)
             if t in engine.stop_ids and not f: stopped[i] = t == tok.eot_id
             else: texts[i] += streams[i].push(t, f)
-    return [{"messages": s.messages, "text": x, "stopped": e, "prompt": ids, "tokens": t, "forced": f}
-            for s, x, e, t, f in zip(streams, texts, stopped, sampled, forced_by)]
+    replies = [{"messages": s.messages, "text": x, "stopped": e, "prompt": prompts[i // num_samples], "tokens": t, "forced": f}
+               for i, (s, x, e, t, f) in enumerate(zip(streams, texts, stopped, sampled, forced_by))]
+    return [replies[j * num_samples:(j + 1) * num_samples] for j in range(len(questions))]
+
+def sample_replies(engine: Engine, messages: list[dict], num_samples: int = 1, max_tokens: int = 256, seed: int | None = None, **sampling) -> list[dict]:
+    "Replies to `messages`: each one's messages (tool calls and outputs as turns), shown text, whether it ended with <|eot_id|>, and its `prompt`, `tokens` and which were `forced`."
+    return sample_replies_batch(engine, [messages], num_samples, max_tokens, [seed], **sampling)[0]
 
 # %% ../nbs/18_chat_eval.ipynb #828ddce8
 def answer_text(messages: list[dict]) -> str:

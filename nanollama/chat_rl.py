@@ -6,7 +6,7 @@
 __all__ = ['RL_TASKS', 'CPU_TASKS', 'GPU_TASKS', 'RLTask', 'RLConfig', 'check_config', 'epoch_order', 'Reinforcement',
            'rollout_counts', 'step_measurements', 'pass_rates', 'pass_summary', 'train', 'main']
 
-# %% ../nbs/19c_chat_rl.ipynb #ca64d47c
+# %% ../nbs/19c_chat_rl.ipynb #bd6a3d2b
 import hashlib
 import json
 import math
@@ -24,7 +24,7 @@ from .checkpoint import checkpoints_dir, model_from_file
 from .engine import Engine
 from .evaluation import parse_tasks, sum_counts
 from .optim import build_optimizers
-from .rl import group_advantages, policy_batch, policy_loss, sample_group
+from .rl import group_advantages, policy_batch, policy_loss, sample_groups
 from .synthetic import Arithmetic, GSMSymbolic, SpellingBee
 from .train import (Hook, TrainLoop, autocast_for, check_ranges, drive, optimizer_step, print0, setting, stage_main,
                              training_forward, wandb_logger)
@@ -98,7 +98,7 @@ def check_config(cfg: RLConfig):
     if cfg.dtype not in ("auto", "bfloat16", "float32"): raise ValueError(f"--dtype must be auto, bfloat16 or float32, got {cfg.dtype!r}")
     if cfg.tasks is not None: parse_tasks(cfg.tasks, RL_TASKS)
 
-# %% ../nbs/19c_chat_rl.ipynb #e0f6580e
+# %% ../nbs/19c_chat_rl.ipynb #ea00959a
 @lru_cache(maxsize=4)
 def epoch_order(n: int, seed: int) -> list[int]:
     "A shuffle of `range(n)`, the same everywhere for the same seed."
@@ -116,7 +116,7 @@ class Reinforcement(FineTuning):
         self.tasks = [RL_TASKS[n].train(cfg) for n in self.names]
         self.heldout = [RL_TASKS[n].heldout(cfg) for n in self.names]
         self.items = [(k, i) for k, t in enumerate(self.tasks) for i in range(len(t))]
-        self.grad_accum = math.ceil(cfg.prompts_per_step // self.world * cfg.num_samples / cfg.device_batch_size)  # passes per device and step
+        self.max_passes = math.ceil(cfg.prompts_per_step // self.world * cfg.num_samples / cfg.device_batch_size)  # per device and step
         self.num_iterations = cfg.num_iterations or math.ceil(cfg.epochs * len(self.items) / cfg.prompts_per_step)
         print0(self.describe())
 
@@ -129,7 +129,7 @@ def describe(self: Reinforcement) -> str:
         "tasks: " + "; ".join(f"{n} ({len(t):,} training prompts, {min(cfg.eval_prompts, len(h))} held out)"
                               for n, t, h in zip(self.names, self.tasks, self.heldout)),
         f"step: {cfg.prompts_per_step} prompts × {cfg.num_samples} samples of at most {cfg.max_tokens} tokens at temperature "
-        f"{cfg.temperature}; {cfg.device_batch_size} replies per pass × {self.grad_accum} on each of {self.world} devices",
+        f"{cfg.temperature}; {cfg.device_batch_size} replies per pass, at most {self.max_passes} passes on each of {self.world} devices",
         f"horizon: {self.num_iterations:,} steps = {self.num_iterations * cfg.prompts_per_step / len(self.items):.2f} epochs"
         + (f", or {cfg.time_budget} minutes, whichever comes first" if cfg.time_budget else ""),
         f"learning rates: {cfg.lr_frac} × the base run's, warmup {cfg.warmup_ratio}, warmdown {cfg.warmdown_ratio} to {cfg.final_lr_frac}; "
@@ -168,16 +168,15 @@ def start(self: Reinforcement) -> TrainLoop:
         print0(f"resumed {cfg.output_tag} at step {loop.step} ({loop.elapsed / 60:.1f} minutes in)")
     return loop
 
-# %% ../nbs/19c_chat_rl.ipynb #3daf06c1
+# %% ../nbs/19c_chat_rl.ipynb #2d26da3a
 @patch
 def rollouts(self: Reinforcement, step: int) -> list[list[dict]]:
     "This rank's groups of scored replies for optimiser step `step`, each reply with its `advantage`."
-    cfg, groups = self.cfg, []
-    for p, k, i in self.step_prompts(step):
-        group = sample_group(self.engine, self.tasks[k], self.tasks[k][i], cfg.num_samples, cfg.max_tokens,
-                             temperature=cfg.temperature, top_k=cfg.top_k or None, seed=cfg.seed * 1_000_003 + p)
+    cfg, prompts = self.cfg, self.step_prompts(step)
+    groups = sample_groups(self.engine, [(self.tasks[k], self.tasks[k][i]) for _, k, i in prompts], cfg.num_samples, cfg.max_tokens,
+                           [cfg.seed * 1_000_003 + p for p, _, _ in prompts], temperature=cfg.temperature, top_k=cfg.top_k or None)
+    for group in groups:
         for r, a in zip(group, group_advantages([r["reward"] for r in group], cfg.by_std).tolist()): r["advantage"] = a
-        groups.append(group)
     return groups
 
 # %% ../nbs/19c_chat_rl.ipynb #31859644
@@ -194,24 +193,26 @@ def step_measurements(counts: dict, seconds: float) -> dict:
     return {"reward": counts["reward"] / n, "zero_var": counts["flat"] / counts["groups"], "length": counts["sampled"] / n,
             "cut": counts["cut"] / n, "sample_tok_s": counts["sampled"] / seconds}
 
-# %% ../nbs/19c_chat_rl.ipynb #4b2a603e
+# %% ../nbs/19c_chat_rl.ipynb #828b4a40
 @patch
 def step(self: Reinforcement, loop: TrainLoop) -> tuple[float, int, dict]:
     "One optimiser step: sample and score, then one policy-gradient update; returns the loss, the sampled tokens and the step's measurements."
     cfg, t0 = self.cfg, time.perf_counter()
     groups = self.rollouts(loop.step)
     seconds = time.perf_counter() - t0
-    counts = sum_counts(rollout_counts(groups))
-    replies, B, pad = [r for g in groups for r in g], cfg.device_batch_size, self.tokenizer.eot_id
-    batches = iter([policy_batch(replies[j:j + B], [r["advantage"] for r in replies[j:j + B]], pad, self.device)
-                    for j in range(0, len(replies), B)])
-    scale, kl = step_scale(counts["sampled"], self.grad_accum, self.world), []
+    learn = sorted((r for g in groups for r in g if r["advantage"] or cfg.kl_coef), key=lambda r: len(r["prompt"]) + len(r["tokens"]))
+    counts = sum_counts(rollout_counts(groups) | {f"learn{self.rank}": len(learn)})  # each rank hears how many replies every rank learns from
+    B, pad, nothing = cfg.device_batch_size, self.tokenizer.eot_id, [dict(groups[0][0], advantage=0.0)]
+    passes = max(1, *(math.ceil(counts.get(f"learn{r}", 0) / B) for r in range(self.world)))  # the same on every rank, as DDP needs
+    batches = iter([policy_batch(chunk, [r["advantage"] for r in chunk], pad, self.device)
+                    for chunk in (learn[j * B:(j + 1) * B] or nothing for j in range(passes))])
+    scale, kl = step_scale(counts["sampled"], passes, self.world), []
     def loss_fn(fwd, batch):
         loss, _, kl_sum = policy_loss(fwd, *batch, self.reference, cfg.kl_coef)
         kl.append(kl_sum)
         return loss * scale
     self.model.train()
-    loss = optimizer_step(self.fwd, lambda: next(batches), self.grad_accum, self.optimizers, self.autocast, loss_fn)
+    loss = optimizer_step(self.fwd, lambda: next(batches), passes, self.optimizers, self.autocast, loss_fn)
     measured = step_measurements(counts, seconds) | {"lr": self.optimizers[-1].param_groups[0]["lr"]}
     if counts["errors"]: measured["checker_errors"] = self.warn_errors(loop, groups, counts["errors"])
     if cfg.kl_coef: measured["kl"] = sum_counts({"kl": sum(kl)})["kl"] / max(counts["sampled"], 1)
@@ -224,11 +225,14 @@ def warn_errors(self: Reinforcement, loop: TrainLoop, groups: list[list[dict]], 
     loop.write(f"step {loop.step + 1:5d} | the checker raised on {errors} replies, scored 0: {first}")
     return errors
 
-# %% ../nbs/19c_chat_rl.ipynb #71af1398
-def pass_rates(engine, task, indices: list[int], k: int, rank: int = 0, world: int = 1, seed: int = 0, **sampling) -> list[float]:
-    "Each prompt's fraction of `k` sampled replies the task's checker accepts (the ranks split the prompts; all get every rate)."
-    mine = {j: sum(r["reward"] == 1.0 for r in sample_group(engine, task, task[i], k, seed=seed + i, **sampling)) / k
-            for j, i in enumerate(indices) if j % world == rank}
+# %% ../nbs/19c_chat_rl.ipynb #79698217
+def pass_rates(engine, task, indices: list[int], k: int, rank: int = 0, world: int = 1, seed: int = 0, batch: int = 8, **sampling) -> list[float]:
+    "Each prompt's fraction of `k` sampled replies the task's checker accepts (the ranks split the prompts, `batch` at a time; all get every rate)."
+    mine, todo = {}, [(j, i) for j, i in enumerate(indices) if j % world == rank]
+    for c in range(0, len(todo), batch):
+        chunk = todo[c:c + batch]
+        groups = sample_groups(engine, [(task, task[i]) for _, i in chunk], k, seeds=[seed + i for _, i in chunk], **sampling)
+        mine |= {j: sum(r["reward"] == 1.0 for r in g) / k for (j, _), g in zip(chunk, groups)}
     summed = sum_counts({str(j): mine.get(j, 0.0) for j in range(len(indices))})
     return [summed[str(j)] for j in range(len(indices))]
 

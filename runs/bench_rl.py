@@ -37,11 +37,12 @@ from trl import GRPOConfig, GRPOTrainer
 from bench_sft import StepTimer
 
 
-def trl_run(hf_dir, prompts: list[list[dict]], score, group: int, max_tokens: int, steps: int, lr: float, threads: int,
-            softcap: float = 0.0, **config) -> dict:
-    """`steps` GRPO steps of TRL on the HF model in hf_dir, `len(prompts) // steps` prompts a step in order, `group` samples each;
-    `score(prompt number, reply text) -> reward`. Returns per-step times, sampled tokens and rewards."""
+def trl_run(hf_dir, prompts: list[list[dict]], score, group: int, max_tokens: int, steps: int, batch_size: int, lr: float,
+            threads: int, softcap: float = 0.0, **config) -> dict:
+    """`steps` GRPO steps of TRL on the HF model in hf_dir, `len(prompts) // steps` prompts a step in order, `group` samples each,
+    trained `batch_size` replies per pass; `score(prompt number, reply text) -> reward`. Returns per-step times, sampled tokens and rewards."""
     per_step = len(prompts) // steps
+    accumulation = per_step * group // batch_size
     torch.set_num_threads(threads)
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     model.config.final_logit_softcapping = softcap or None
@@ -58,8 +59,9 @@ def trl_run(hf_dir, prompts: list[list[dict]], score, group: int, max_tokens: in
     dataset = Dataset.from_dict({"prompt": prompts, "index": list(range(len(prompts)))})
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as out:
-        args = GRPOConfig(**dict(output_dir=out, per_device_train_batch_size=per_step * group, num_generations=group,
-                                 steps_per_generation=1, gradient_accumulation_steps=1, num_iterations=1, max_steps=steps,
+        args = GRPOConfig(**dict(output_dir=out, per_device_train_batch_size=batch_size, num_generations=group,
+                                 gradient_accumulation_steps=accumulation, steps_per_generation=accumulation,  # one generation of
+                                 num_iterations=1, max_steps=steps,  # per_step × group replies a step, trained batch_size at a time
                                  max_completion_length=max_tokens, temperature=1.0, top_k=50, top_p=1.0, beta=0.0,
                                  scale_rewards="none", loss_type="dapo", learning_rate=lr, lr_scheduler_type="constant",
                                  warmup_steps=0, bf16=False, fp16=False, activation_checkpointing=False, use_cpu=True,
@@ -117,6 +119,7 @@ def main():
     p.add_argument("--prompts", type=int, default=8, help="prompts per step")
     p.add_argument("--group", type=int, default=8, help="samples per prompt")
     p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16, help="replies per forward/backward pass, both (a step accumulates over prompts x group)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--lr", type=float, default=1e-5, help="TRL's (AdamW) learning rate; ours is chat_rl's default")
     p.add_argument("--threads", type=int, default=2)
@@ -125,7 +128,7 @@ def main():
     torch.set_num_threads(a.threads)
 
     cfg = chat_rl.RLConfig(model_tag=a.model_tag, output_tag="bench_rl", tasks=a.tasks, prompts_per_step=a.prompts, num_samples=a.group,
-                           max_tokens=a.max_tokens, num_iterations=a.steps, device_batch_size=a.prompts * a.group, warmdown_ratio=0.0,
+                           max_tokens=a.max_tokens, num_iterations=a.steps, device_batch_size=a.batch_size, warmdown_ratio=0.0,
                            device="cpu", dtype="float32", compile=False, save_every=0)
     run = chat_rl.Reinforcement(cfg)
     convs = [(run.tasks[k], run.tasks[k][i]) for s in range(a.steps) for _, k, i in run.step_prompts(s)]  # what ours samples, in order
@@ -137,9 +140,10 @@ def main():
             hf_dir = write_hf(model, run.tokenizer, os.path.join(tmp, "hf"))
         check_prompts(run, hf_dir, [c for _, c in convs])
         trl = trl_run(hf_dir, [prompt_messages(c) for _, c in convs], lambda i, text: convs[i][0].score(convs[i][1], text),
-                      a.group, a.max_tokens, a.steps, a.lr, a.threads, softcap=model.config.softcap)
+                      a.group, a.max_tokens, a.steps, a.batch_size, a.lr, a.threads, softcap=model.config.softcap)
     ours = ours_run(run, a.steps)
-    print(f"{a.steps} steps of {a.prompts} prompts x {a.group} samples of at most {a.max_tokens} tokens, {a.tasks}, float32, "
+    if a.prompts * a.group % a.batch_size: raise SystemExit(f"--batch-size {a.batch_size} must divide prompts x group = {a.prompts * a.group}")
+    print(f"{a.steps} steps of {a.prompts} prompts x {a.group} samples of at most {a.max_tokens} tokens, {a.batch_size} per pass, {a.tasks}, float32, "
           f"{torch.get_num_threads()} threads (first step left out as warm-up)")
     ours_s, ours_tok = summary("ours (chat_rl)", ours)
     trl_s, trl_tok = summary("TRL GRPOTrainer", trl)
