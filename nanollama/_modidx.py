@@ -245,6 +245,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'nanollama.chat_rl.check_config': ('chat_rl.html#check_config', 'nanollama/chat_rl.py'),
                                    'nanollama.chat_rl.epoch_order': ('chat_rl.html#epoch_order', 'nanollama/chat_rl.py'),
                                    'nanollama.chat_rl.main': ('chat_rl.html#main', 'nanollama/chat_rl.py'),
+                                   'nanollama.chat_rl.mean_and_se': ('chat_rl.html#mean_and_se', 'nanollama/chat_rl.py'),
                                    'nanollama.chat_rl.pass_rates': ('chat_rl.html#pass_rates', 'nanollama/chat_rl.py'),
                                    'nanollama.chat_rl.pass_summary': ('chat_rl.html#pass_summary', 'nanollama/chat_rl.py'),
                                    'nanollama.chat_rl.rollout_counts': ('chat_rl.html#rollout_counts', 'nanollama/chat_rl.py'),

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['RL_TASKS', 'CPU_TASKS', 'GPU_TASKS', 'RLTask', 'RLConfig', 'check_config', 'epoch_order', 'Reinforcement',
-           'rollout_counts', 'step_measurements', 'pass_rates', 'pass_summary', 'train', 'main']
+           'rollout_counts', 'step_measurements', 'pass_rates', 'mean_and_se', 'pass_summary', 'train', 'main']
 
 # %% ../nbs/19c_chat_rl.ipynb #bd6a3d2b
 import hashlib
@@ -147,7 +147,7 @@ def fingerprint(self: Reinforcement) -> str:
     spec = [self.names, [len(t) for t in self.tasks], self.cfg.seed, self.cfg.prompts_per_step]
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
 
-# %% ../nbs/19c_chat_rl.ipynb #454c36a3
+# %% ../nbs/19c_chat_rl.ipynb #1d7b23aa
 @patch
 def start(self: Reinforcement) -> TrainLoop:
     "Build the model, optimisers, engine and loop; restore a resumed run; returns the loop at its step."
@@ -161,9 +161,10 @@ def start(self: Reinforcement) -> TrainLoop:
     log_to, self.wandb_run = wandb_logger(cfg.run, self.rank, asdict(cfg), job_type="rl")
     loop = TrainLoop(self.optimizers, self.num_iterations, cfg.time_budget, cfg.warmup_ratio, cfg.warmdown_ratio, cfg.final_lr_frac,
                      rank=self.rank, on_log=log_to, where=f" in {checkpoints_dir() / cfg.output_tag}")
+    self.start_rates = {}  # each task's held-out pass rates at step 0, prompt by prompt
     if state is not None:
         for opt, s in zip(self.optimizers, state["optimizers"]): opt.load_state_dict(s)
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"]); self.start_rates = state["start_rates"]
         loop.step, loop.elapsed, loop.last_saved, loop.history = state["step"], state["elapsed"], state["step"], state["history"]
         print0(f"resumed {cfg.output_tag} at step {loop.step} ({loop.elapsed / 60:.1f} minutes in)")
     return loop
@@ -225,7 +226,7 @@ def warn_errors(self: Reinforcement, loop: TrainLoop, groups: list[list[dict]], 
     loop.write(f"step {loop.step + 1:5d} | the checker raised on {errors} replies, scored 0: {first}")
     return errors
 
-# %% ../nbs/19c_chat_rl.ipynb #79698217
+# %% ../nbs/19c_chat_rl.ipynb #293b9e2f
 def pass_rates(engine, task, indices: list[int], k: int, rank: int = 0, world: int = 1, seed: int = 0, batch: int = 8, **sampling) -> list[float]:
     "Each prompt's fraction of `k` sampled replies the task's checker accepts (the ranks split the prompts, `batch` at a time; all get every rate)."
     mine, todo = {}, [(j, i) for j, i in enumerate(indices) if j % world == rank]
@@ -236,10 +237,15 @@ def pass_rates(engine, task, indices: list[int], k: int, rank: int = 0, world: i
     summed = sum_counts({str(j): mine.get(j, 0.0) for j in range(len(indices))})
     return [summed[str(j)] for j in range(len(indices))]
 
-def pass_summary(rates: list[float]) -> dict:
-    "pass@1 with its standard error over prompts, and pass@k."
-    r = torch.tensor(rates, dtype=torch.float64)
-    return {"pass1": r.mean().item(), "pass1_se": (r.std() / len(r) ** 0.5).item() if len(r) > 1 else 0.0, "passk": (r > 0).double().mean().item()}
+def mean_and_se(values: list[float]) -> tuple[float, float]:
+    "The mean of `values` and its standard error."
+    v = torch.tensor(values, dtype=torch.float64)
+    return v.mean().item(), (v.std() / len(v) ** 0.5).item() if len(v) > 1 else 0.0
+
+def pass_summary(rates: list[float], start: list[float]) -> dict:
+    "pass@1 with its standard error over prompts, pass@k, and the change of pass@1 since the `start` rates of the same prompts."
+    (pass1, se), (gain, gain_se) = mean_and_se(rates), mean_and_se([b - a for a, b in zip(start, rates)])
+    return {"pass1": pass1, "pass1_se": se, "passk": sum(r > 0 for r in rates) / len(rates), "gain": gain, "gain_se": gain_se}
 
 @patch
 def evaluate(self: Reinforcement, loop: TrainLoop):
@@ -248,17 +254,18 @@ def evaluate(self: Reinforcement, loop: TrainLoop):
     for name, task in zip(self.names, self.heldout):
         rates = pass_rates(self.engine, task, problem_indices(task, cfg.eval_prompts), k, self.rank, self.world, seed=cfg.seed,
                            max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None)
-        s = pass_summary(rates)
-        loop.log(**{f"{name}_pass1": s["pass1"], f"{name}_pass1_se": s["pass1_se"], f"{name}_pass{k}": s["passk"]})
+        s = pass_summary(rates, self.start_rates.setdefault(name, rates))
+        loop.log(**{f"{name}_pass1": s["pass1"], f"{name}_pass1_se": s["pass1_se"], f"{name}_pass{k}": s["passk"],
+                    f"{name}_gain": s["gain"], f"{name}_gain_se": s["gain_se"]})
         loop.write(f"step {loop.step:5d} | {name}: pass@1 {s['pass1']:.1%} ± {s['pass1_se']:.1%}, pass@{k} {s['passk']:.1%} "
-                   f"on {len(rates)} held-out prompts")
+                   f"on {len(rates)} held-out prompts; pass@1 since step 0 {s['gain']:+.1%} ± {s['gain_se']:.1%}")
 
-# %% ../nbs/19c_chat_rl.ipynb #f838a05d
+# %% ../nbs/19c_chat_rl.ipynb #407d472d
 @patch
 def train_state(self: Reinforcement, loop: TrainLoop) -> dict:
     "Everything a resumed run needs besides the weights."
     return dict(step=loop.step, elapsed=loop.elapsed, optimizers=[o.state_dict() for o in self.optimizers], rng=torch.get_rng_state(),
-                data=self.fingerprint(), history=loop.history)
+                data=self.fingerprint(), history=loop.history, start_rates=self.start_rates)
 
 @patch
 def run_meta(self: Reinforcement, loop: TrainLoop) -> dict:

@@ -16,11 +16,12 @@ from nanollama.tasks import ListTask
 
 class Toy(ListTask):
     def score(self, conversation, completion):
+        if os.path.exists(os.environ.get("TOY_DIE_AFTER", "/nonexistent")): os._exit(9)  # killed in the middle of a step
         n = len(completion)
         if os.environ.get("TOY_RAISE") and n % 3 == 0: raise ZeroDivisionError(f"cannot score {n} characters")
         return float(n % 2 == 0)
 
-prompts = lambda n, what: Toy([{"messages": [{"role": "user", "content": f"Say {what} {i}."}]} for i in range(n)])
+prompts = lambda n, what: Toy([{"messages": [{"role": "user", "content": f"Say {what}."}]}] * n)  # one length: no padding
 chat_rl.RL_TASKS["Toy"] = chat_rl.RLTask(lambda cfg: prompts(40, "a word"), lambda cfg: prompts(8, "a number"))
 chat_rl.main(sys.argv[1:])
 '''
@@ -86,6 +87,13 @@ def test_resume_is_exact(base_dir):
     assert a["metrics"]["Toy_pass1"] == b["metrics"]["Toy_pass1"]
     r = run(base_dir, toy, *RL, "--output-tag=stopped", "--resume", "--prompts-per-step=8", check=False)
     assert r.returncode == 1 and "--resume: the training data differ" in r.stderr
+    killed = base_dir / "checkpoints" / "killed"
+    r = run(base_dir, toy, *RL, "--device-batch-size=8", "--output-tag=killed", "--save-every=1", check=False,
+            TOY_DIE_AFTER=str(killed / "model_000002.pt"))  # dies sampling step 3, right after saving step 2
+    assert r.returncode == 9 and complete_steps(killed) == [1, 2]
+    run(base_dir, toy, *RL, "--device-batch-size=8", "--output-tag=killed", "--save-every=1", "--resume")
+    c = meta(base_dir, "killed")
+    assert c["step"] == 4 and steps(a, "loss") == steps(c, "loss") and steps(a, "reward") == steps(c, "reward")
 
 
 def test_a_raising_checker_scores_zero_and_is_reported(base_dir):
