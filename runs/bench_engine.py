@@ -31,6 +31,9 @@ import tempfile
 import time
 from types import SimpleNamespace
 
+from peers import require
+require("transformers")
+
 import torch
 import transformers
 

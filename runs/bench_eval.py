@@ -22,6 +22,9 @@ other programs only ever add time, so the best round is the least disturbed), wi
 import argparse, multiprocessing as mp, os, statistics, tempfile, time
 from pathlib import Path
 
+from peers import require
+require("transformers", "lm_eval")
+
 import torch
 
 from nanollama.checkpoint import load_model, save_checkpoint

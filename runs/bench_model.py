@@ -12,6 +12,9 @@ import argparse, statistics, time
 from dataclasses import replace
 import multiprocessing as mp
 
+from peers import require
+require("transformers")
+
 import torch
 from transformers import LlamaConfig as HFLlamaConfig, LlamaForCausalLM
 

@@ -27,6 +27,9 @@ import tempfile
 import time
 import warnings
 
+from peers import require
+require("transformers", "trl")
+
 import datasets
 import torch
 import transformers
