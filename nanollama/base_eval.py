@@ -30,7 +30,7 @@ from .engine import sample_next
 from .evaluation import EvalConfig, parse_tasks, print_table, progress, save_results, shard
 from .llama import Llama
 from .tokenizer import SPACE, get_tokenizer
-from .train import autocast_for, check_ranges, evaluate_bpb, parse_config, print0, setting, setup_device
+from .train import autocast_for, check_dtype, check_ranges, evaluate_bpb, parse_config, print0, setting, setup_device
 
 # %% ../nbs/17b_base_eval.ipynb #5dfa4515
 class HFTokenizer:
@@ -189,7 +189,7 @@ class BaseEvalConfig(EvalConfig):
 def check_config(cfg: BaseEvalConfig):
     "Reject settings that cannot work, naming the flag."
     check_ranges(cfg, positive=["max_per_task", "batch_tokens", "seq_len", "device_batch_size"], non_negative=["bpb_tokens", "num_samples"])
-    if cfg.dtype not in ("auto", "bfloat16", "float32"): raise ValueError(f"--dtype must be auto, bfloat16 or float32, got {cfg.dtype!r}")
+    check_dtype(cfg.dtype)
     if cfg.output and not cfg.hf_path: raise ValueError("--output is for --hf-path; a checkpoint's results go beside it")
 
 # %% ../nbs/17b_base_eval.ipynb #b1d3aae9

@@ -23,7 +23,7 @@ from .llama import Llama, LlamaConfig
 from .optim import adamw_lr_scale, build_optimizers
 from .tasks import PERSONALITY_DIR, load_conversations
 from .tokenizer import default_tokenizer_path, get_tokenizer
-from .train import (Hook, TrainLoop, autocast_for, check_ranges, drive, evaluate_bpb, mfu_meter, optimizer_step,
+from .train import (Hook, TrainLoop, autocast_for, check_dtype, check_ranges, drive, evaluate_bpb, mfu_meter, optimizer_step,
                              parse_config, print0, setting, setup_device, stage_main, training_forward, wandb_logger)
 
 # %% ../nbs/13_base_train.ipynb #8b0f7e61
@@ -117,7 +117,7 @@ def check_config(tc: TrainConfig):
                  non_negative=["eval_every", "sample_every", "save_every", "weight_decay", "max_passes"])
     if not 0 <= tc.dropout < 1: raise ValueError(f"--dropout must be in [0, 1), got {tc.dropout}")
     if tc.warmup_ratio + tc.warmdown_ratio > 1: raise ValueError("--warmup-ratio + --warmdown-ratio must be <= 1")
-    if tc.dtype not in ("auto", "bfloat16", "float32"): raise ValueError(f"--dtype must be auto, bfloat16 or float32, got {tc.dtype!r}")
+    check_dtype(tc.dtype)
     if tc.arch not in ("llama", "gpt2"): raise ValueError(f"--arch must be llama or gpt2, got {tc.arch!r}")
     if tc.arch == "gpt2" and tc.resume: raise ValueError("--resume is for llama runs; the gpt2 baseline is only trained from scratch")
     if tc.arch == "gpt2" and tc.dropout: raise ValueError("--dropout is for llama runs; the gpt2 baseline trains as GPT-2 did, without it")

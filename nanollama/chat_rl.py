@@ -6,7 +6,7 @@
 __all__ = ['RL_TASKS', 'CPU_TASKS', 'GPU_TASKS', 'RLTask', 'RLConfig', 'check_config', 'epoch_order', 'Reinforcement',
            'rollout_counts', 'step_measurements', 'pass_rates', 'mean_and_se', 'pass_summary', 'train', 'main']
 
-# %% ../nbs/19c_chat_rl.ipynb #bd6a3d2b
+# %% ../nbs/19c_chat_rl.ipynb #15af7256
 import hashlib
 import json
 import math
@@ -26,7 +26,7 @@ from .evaluation import parse_tasks, sum_counts
 from .optim import build_optimizers
 from .rl import group_advantages, policy_batch, policy_loss, sample_groups
 from .synthetic import Arithmetic, GSMSymbolic, SpellingBee
-from .train import (Hook, TrainLoop, autocast_for, check_ranges, drive, optimizer_step, print0, setting, stage_main,
+from .train import (Hook, TrainLoop, autocast_for, check_dtype, check_ranges, drive, optimizer_step, print0, setting, stage_main,
                              training_forward, wandb_logger)
 
 # %% ../nbs/19c_chat_rl.ipynb #3e16d351
@@ -44,7 +44,7 @@ RL_TASKS = {
 }
 CPU_TASKS, GPU_TASKS = "SpellingBee", "GSM8K"
 
-# %% ../nbs/19c_chat_rl.ipynb #0452507d
+# %% ../nbs/19c_chat_rl.ipynb #2a5bae2b
 @dataclass
 class RLConfig:
     "Everything an RL run needs; `None` means 'derive it'."
@@ -95,7 +95,7 @@ def check_config(cfg: RLConfig):
                  non_negative=["top_k", "kl_coef", "eval_every", "save_every", "weight_decay"])
     if cfg.num_samples < 2: raise ValueError(f"--num-samples must be at least 2: a group of {cfg.num_samples} has no spread to learn from")
     if cfg.warmup_ratio + cfg.warmdown_ratio > 1: raise ValueError("--warmup-ratio + --warmdown-ratio must be <= 1")
-    if cfg.dtype not in ("auto", "bfloat16", "float32"): raise ValueError(f"--dtype must be auto, bfloat16 or float32, got {cfg.dtype!r}")
+    check_dtype(cfg.dtype)
     if cfg.tasks is not None: parse_tasks(cfg.tasks, RL_TASKS)
 
 # %% ../nbs/19c_chat_rl.ipynb #ea00959a
@@ -147,7 +147,7 @@ def fingerprint(self: Reinforcement) -> str:
     spec = [self.names, [len(t) for t in self.tasks], self.cfg.seed, self.cfg.prompts_per_step]
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
 
-# %% ../nbs/19c_chat_rl.ipynb #1d7b23aa
+# %% ../nbs/19c_chat_rl.ipynb #408e9922
 @patch
 def start(self: Reinforcement) -> TrainLoop:
     "Build the model, optimisers, engine and loop; restore a resumed run; returns the loop at its step."
@@ -162,11 +162,7 @@ def start(self: Reinforcement) -> TrainLoop:
     loop = TrainLoop(self.optimizers, self.num_iterations, cfg.time_budget, cfg.warmup_ratio, cfg.warmdown_ratio, cfg.final_lr_frac,
                      rank=self.rank, on_log=log_to, where=f" in {checkpoints_dir() / cfg.output_tag}")
     self.start_rates = {}  # each task's held-out pass rates at step 0, prompt by prompt
-    if state is not None:
-        for opt, s in zip(self.optimizers, state["optimizers"]): opt.load_state_dict(s)
-        torch.set_rng_state(state["rng"]); self.start_rates = state["start_rates"]
-        loop.step, loop.elapsed, loop.last_saved, loop.history = state["step"], state["elapsed"], state["step"], state["history"]
-        print0(f"resumed {cfg.output_tag} at step {loop.step} ({loop.elapsed / 60:.1f} minutes in)")
+    if state is not None: self.restore(loop, state); self.start_rates = state["start_rates"]
     return loop
 
 # %% ../nbs/19c_chat_rl.ipynb #2d26da3a

@@ -6,7 +6,7 @@
 __all__ = ['LRS', 'SAMPLE_QUESTIONS', 'step_scale', 'step_loss', 'SFTConfig', 'check_config', 'mixture_weights', 'parent_of',
            'FineTuning', 'learning_rates', 'train', 'main']
 
-# %% ../nbs/19a_chat_sft.ipynb #652615df
+# %% ../nbs/19a_chat_sft.ipynb #765df7eb
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -22,7 +22,7 @@ from .optim import build_optimizers
 from .sft_data import CPU_MIXTURE, GPU_MIXTURE, SFTLoader, build_data, parse_mixture
 from .tasks import data_root
 from .tokenizer import get_tokenizer
-from .train import (Hook, TrainLoop, autocast_for, check_ranges, drive, evaluate_bpb, optimizer_step, print0, setting,
+from .train import (Hook, TrainLoop, autocast_for, check_dtype, check_ranges, drive, evaluate_bpb, optimizer_step, print0, setting,
                              setup_device, stage_main, training_forward, wandb_logger)
 
 # %% ../nbs/19a_chat_sft.ipynb #310a15bb
@@ -35,7 +35,7 @@ def step_loss(scored: int, grad_accum: int, world: int):
     scale = step_scale(scored, grad_accum, world)
     return lambda fwd, batch: fwd(batch[0], targets=batch[1], reduction="sum") * scale
 
-# %% ../nbs/19a_chat_sft.ipynb #b5ce4f94
+# %% ../nbs/19a_chat_sft.ipynb #235241c6
 @dataclass
 class SFTConfig:
     "Everything a fine-tuning run needs; `None` means 'derive it'."
@@ -85,7 +85,7 @@ def check_config(cfg: SFTConfig):
                  unit=["warmup_ratio", "warmdown_ratio", "final_lr_frac"],
                  non_negative=["val_per_source", "eval_every", "chat_eval_every", "save_every", "weight_decay"])
     if cfg.warmup_ratio + cfg.warmdown_ratio > 1: raise ValueError("--warmup-ratio + --warmdown-ratio must be <= 1")
-    if cfg.dtype not in ("auto", "bfloat16", "float32"): raise ValueError(f"--dtype must be auto, bfloat16 or float32, got {cfg.dtype!r}")
+    check_dtype(cfg.dtype)
     parse_tasks(cfg.chat_eval_tasks, TASKS)
 
 # %% ../nbs/19a_chat_sft.ipynb #af0e9ca2
@@ -153,7 +153,7 @@ def describe(self: FineTuning) -> str:
         f"learning rates: {cfg.lr_frac} × the base run's, warmup {cfg.warmup_ratio}, warmdown {cfg.warmdown_ratio} to {cfg.final_lr_frac}; "
         + ("the base run's optimiser state" if cfg.base_optimizer else "a fresh optimiser state")])
 
-# %% ../nbs/19a_chat_sft.ipynb #adbe374f
+# %% ../nbs/19a_chat_sft.ipynb #6bf455ac
 LRS = ("matrix_lr", "embedding_lr", "unembedding_lr")
 
 def learning_rates(meta: dict, lr_frac: float) -> list[float]:
@@ -213,12 +213,17 @@ def start(self: FineTuning) -> TrainLoop:
                      rank=self.rank, on_log=log_to, where=f" in {checkpoints_dir() / cfg.output_tag}")
     self.best = math.inf
     if state is not None:
-        self.best = state["best_val_bpb"]
-        for opt, s in zip(self.optimizers, state["optimizers"]): opt.load_state_dict(s)
-        self.loader.load_state_dict(state["loader"]); torch.set_rng_state(state["rng"])
-        loop.step, loop.elapsed, loop.last_saved, loop.history = state["step"], state["elapsed"], state["step"], state["history"]
-        print0(f"resumed {cfg.output_tag} at step {loop.step} ({loop.elapsed / 60:.1f} minutes in)")
+        self.restore(loop, state)
+        self.best = state["best_val_bpb"]; self.loader.load_state_dict(state["loader"])
     return loop
+
+@patch
+def restore(self: FineTuning, loop: TrainLoop, state: dict):
+    "Put a resumed run's optimiser and random state back, and the loop at its step."
+    for opt, s in zip(self.optimizers, state["optimizers"]): opt.load_state_dict(s)
+    torch.set_rng_state(state["rng"])
+    loop.step, loop.elapsed, loop.last_saved, loop.history = state["step"], state["elapsed"], state["step"], state["history"]
+    print0(f"resumed {self.cfg.output_tag} at step {loop.step} ({loop.elapsed / 60:.1f} minutes in)")
 
 # %% ../nbs/19a_chat_sft.ipynb #808084c2
 @patch

@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['GPU_PEAK_FLOPS', 'setting', 'flag', 'config_parser', 'parse_config', 'check_ranges', 'setup_device', 'print0',
-           'params_agree', 'autocast_for', 'training_forward', 'next_token_loss', 'optimizer_step', 'lr_multiplier',
-           'muon_momentum', 'set_learning_rates', 'evaluate_bpb', 'measure_cpu_peak_flops', 'peak_flops', 'MFU',
-           'mfu_meter', 'Hook', 'TrainLoop', 'run_loop', 'wandb_logger', 'drive', 'stage_main']
+           'params_agree', 'autocast_for', 'check_dtype', 'training_forward', 'next_token_loss', 'optimizer_step',
+           'lr_multiplier', 'muon_momentum', 'set_learning_rates', 'evaluate_bpb', 'measure_cpu_peak_flops',
+           'peak_flops', 'MFU', 'mfu_meter', 'Hook', 'TrainLoop', 'run_loop', 'wandb_logger', 'drive', 'stage_main']
 
 # %% ../nbs/12a_train.ipynb #d31c45eb
 import argparse
@@ -82,11 +82,15 @@ def params_agree(model) -> bool:
     dist.all_gather(gathered, s)
     return all(torch.equal(g, gathered[0]) for g in gathered)
 
-# %% ../nbs/12a_train.ipynb #e41bcfcd
+# %% ../nbs/12a_train.ipynb #f72e8a5d
 def autocast_for(device, dtype: str = "auto"):
     "The autocast context for `dtype` (auto: bfloat16 on GPUs, float32 elsewhere) and the dtype matmuls run in."
     use_bf16 = dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda")
     return (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()), (torch.bfloat16 if use_bf16 else torch.float32)
+
+def check_dtype(dtype: str):
+    "Refuse a `--dtype` that `autocast_for` does not know, before any work."
+    if dtype not in ("auto", "bfloat16", "float32"): raise ValueError(f"--dtype must be auto, bfloat16 or float32, got {dtype!r}")
 
 def training_forward(model, device, world: int, compile: bool | None = None):
     "The model as a training step calls it: compiled (default: on GPUs only) and wrapped in DDP when `world > 1`."
