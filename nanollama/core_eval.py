@@ -191,7 +191,8 @@ def to_example(task: CoreTask, row: dict, seqs: list[list[int]], max_len: int | 
         starts, gold, chars = [len(s) - same_end for s in seqs], row["gold"], [len(row["continuation"])] * len(seqs)
     if max_len is not None:
         cuts = [max(0, len(s) - max_len) for s in seqs]
-        if task.kind == "multiple_choice": cuts = [max(cuts)] * len(seqs)  # one cut for all: the prefix stays shared
+        if task.kind == "multiple_choice":  # one cut for all, so the prefix stays shared, but none into a span that fits
+            cuts = [min(max(cuts), max(c, st - 1)) for c, st in zip(cuts, starts)]
         seqs, starts = [s[c:] for s, c in zip(seqs, cuts)], [max(1, st - c) for st, c in zip(starts, cuts)]
     return Example(seqs, starts, gold, chars, min(_common_prefix(seqs), *starts))
 
