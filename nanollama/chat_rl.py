@@ -26,7 +26,7 @@ from .evaluation import parse_tasks, sum_counts
 from .optim import build_optimizers
 from .rl import group_advantages, policy_batch, policy_loss, sample_groups
 from .synthetic import Arithmetic, GSMSymbolic, SpellingBee
-from .train import (Hook, TrainLoop, autocast_for, check_dtype, check_ranges, drive, optimizer_step, print0, setting, stage_main,
+from .train import (Hook, TrainLoop, autocast_for, check_dtype, check_ranges, drive, machine, optimizer_step, print0, setting, stage_main,
                              training_forward, wandb_logger)
 
 # %% ../nbs/19c_chat_rl.ipynb #3e16d351
@@ -266,7 +266,7 @@ def train_state(self: Reinforcement, loop: TrainLoop) -> dict:
 @patch
 def run_meta(self: Reinforcement, loop: TrainLoop) -> dict:
     "What the checkpoint's metadata records about the run."
-    return dict(train_config=asdict(self.cfg), tasks=self.names, history=loop.history,
+    return dict(train_config=asdict(self.cfg), tasks=self.names, history=loop.history, machine=machine(self.device, self.world),
                 answers={"questions": SAMPLE_QUESTIONS, "before": getattr(self, "before", None), "after": getattr(self, "after", None)})
 
 @patch

@@ -23,7 +23,7 @@ from .sft_data import CPU_MIXTURE, GPU_MIXTURE, SFTLoader, build_data, parse_mix
 from .tasks import data_root
 from .tokenizer import get_tokenizer
 from .train import (Hook, TrainLoop, autocast_for, check_dtype, check_ranges, drive, evaluate_bpb, optimizer_step, print0, setting,
-                             setup_device, stage_main, training_forward, wandb_logger)
+                             machine, setup_device, stage_main, training_forward, wandb_logger)
 
 # %% ../nbs/19a_chat_sft.ipynb #310a15bb
 def step_scale(scored: int, grad_accum: int, world: int) -> float:
@@ -291,7 +291,7 @@ def train_state(self: FineTuning, loop: TrainLoop) -> dict:
 @patch
 def run_meta(self: FineTuning, loop: TrainLoop) -> dict:
     "What the checkpoint's metadata records about the run: its settings, data, curves and answers."
-    return dict(train_config=asdict(self.cfg), mixture=self.data.table, history=loop.history,
+    return dict(train_config=asdict(self.cfg), mixture=self.data.table, history=loop.history, machine=machine(self.device, self.world),
                 answers={"questions": SAMPLE_QUESTIONS, "before": getattr(self, "before", None), "after": getattr(self, "after", None)})
 
 @patch

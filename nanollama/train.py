@@ -4,18 +4,22 @@
 
 # %% auto #0
 __all__ = ['GPU_PEAK_FLOPS', 'setting', 'flag', 'config_parser', 'parse_config', 'check_ranges', 'setup_device', 'print0',
-           'params_agree', 'autocast_for', 'check_dtype', 'training_forward', 'next_token_loss', 'optimizer_step',
-           'lr_multiplier', 'muon_momentum', 'set_learning_rates', 'evaluate_bpb', 'measure_cpu_peak_flops',
-           'peak_flops', 'MFU', 'mfu_meter', 'Hook', 'TrainLoop', 'run_loop', 'wandb_logger', 'drive', 'stage_main']
+           'cpu_name', 'machine', 'params_agree', 'autocast_for', 'check_dtype', 'training_forward', 'next_token_loss',
+           'optimizer_step', 'lr_multiplier', 'muon_momentum', 'set_learning_rates', 'evaluate_bpb',
+           'measure_cpu_peak_flops', 'peak_flops', 'MFU', 'mfu_meter', 'Hook', 'TrainLoop', 'run_loop', 'wandb_logger',
+           'drive', 'stage_main']
 
 # %% ../nbs/12a_train.ipynb #d31c45eb
 import argparse
 import math
 import os
+import platform
+import re
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Callable
 import torch
 import torch.distributed as dist
@@ -73,6 +77,18 @@ def setup_device(device: str = "auto", join: bool = True):
 def print0(*a, **kw):
     "print on rank 0 only."
     if int(os.environ.get("RANK", 0)) == 0: print(*a, **kw, flush=True)
+
+def cpu_name() -> str:
+    "The CPU's model name (Linux's /proc/cpuinfo), else what `platform` knows."
+    info = Path("/proc/cpuinfo")
+    names = re.findall(r"^model name\s*:\s*(.+)$", info.read_text(), re.M) if info.is_file() else []
+    return names[0].strip() if names else platform.processor() or platform.machine()
+
+def machine(device, world: int) -> dict:
+    "What a stage runs on, recorded in its checkpoints for the report card: the devices, how many, and the software."
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    return dict(device=device.type, device_name=name, world_size=world, cpus=os.cpu_count(), threads=torch.get_num_threads(),
+                torch=torch.__version__, python=platform.python_version(), platform=platform.platform())
 
 def params_agree(model) -> bool:
     "Whether every rank holds exactly the same parameters (a cheap checksum compared across ranks)."
@@ -291,6 +307,6 @@ def stage_main(config_cls, train: Callable, description: str, argv=None):
     "A stage's command: `train(settings from the flags)`; an error the user can fix exits with one line."
     cfg = parse_config(config_cls, argv, description)
     try: train(cfg)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e: sys.exit(f"error: {e}")
+    except (ValueError, FileNotFoundError, FloatingPointError, ConnectionError) as e: sys.exit(f"error: {e}")
     finally:
         if dist.is_initialized(): dist.destroy_process_group()
