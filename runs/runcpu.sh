@@ -1,45 +1,35 @@
 #!/usr/bin/env bash
-# The CPU recipe, the README's main job: from a fresh clone, install, train a tokenizer on the embedded corpus
-# (Shakespeare), pretrain a small Llama on it for a fixed time on this CPU, print its held-out bits per byte and
-# samples, then export it to GGUF and let llama.cpp continue the same prompts. About 15 minutes on 2 cores:
-# MINUTES (default 10) of training plus setup and evaluation (plus building llama.cpp the first time).
-#   bash runs/runcpu.sh                 # everything under ~/.cache/nanollama (or $NANOLLAMA_BASE_DIR)
-#   MINUTES=2 bash runs/runcpu.sh       # a quicker look
+# The CPU recipe, the README's main job: the whole pipeline on a laptop, from a fresh clone. It installs into .venv,
+# trains a tokenizer on the embedded corpus (Shakespeare), pretrains a small Llama on it, measures it (CORE and
+# chat_eval), fine-tunes it into an assistant that uses a calculator (SFT), improves its spelling by reinforcement
+# learning (RL), measures each stage, exports the result to GGUF and Hugging Face, has llama.cpp answer a chat prompt
+# with it (compared with our own answer), and writes the report card. About 30 minutes on 2 cores, the first time
+# (building llama.cpp takes about 5 of them); the minutes of each training stage are knobs:
+#   bash runs/runcpu.sh                                    # everything under ~/.cache/nanollama (or $NANOLLAMA_BASE_DIR)
+#   BASE_MINUTES=2 SFT_MINUTES=1 RL_MINUTES=1 bash runs/runcpu.sh    # a quicker look
+#   CLEAN=1 bash runs/runcpu.sh                            # start over (a second run otherwise reuses what the first made)
+# Evaluation sets and SFT data come from the Hugging Face hub, or offline from NANOLLAMA_DATA (a folder in the hub's
+# schemas, e.g. the course's shared/data).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MINUTES=${MINUTES:-10}
+BASE_MINUTES=${BASE_MINUTES:-${MINUTES:-6}}; SFT_MINUTES=${SFT_MINUTES:-3}; RL_MINUTES=${RL_MINUTES:-3}
+CORE_ITEMS=${CORE_ITEMS:-10}      # items per CORE task (22 tasks)
+CHAT_ITEMS=${CHAT_ITEMS:-40}      # problems per chat_eval task (7 tasks)
 
+echo "== setup: .venv, torch (CPU build), nanollama, llama.cpp's Python binding"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 . .venv/bin/activate
-python -m pip install -q --upgrade pip
+export PIP_DISABLE_PIP_VERSION_CHECK=1
 python -m pip install -q torch==2.13.0          # the CPU build; an unpinned torch pulls GBs of CUDA packages
 python -m pip install -q -e .
-
-. runs/cpu_flags.sh
-
-echo "== tokenizer: $CPU_VOCAB tokens, trained on the embedded corpus"
-python -m nanollama.tok_train --vocab-size="$CPU_VOCAB"
-
-echo "== pretraining for $MINUTES minutes on this CPU"
-python -m nanollama.base_train "${CPU_FLAGS[@]}" --eval-every=200 --save-every=500 --model-tag=base
-
-echo "== export to GGUF, and the same prompts in llama.cpp"
 bash runs/install_llama_cpp.sh
-GGUF="${NANOLLAMA_BASE_DIR:-$HOME/.cache/nanollama}/base.gguf"
-python -m nanollama.export_gguf --model-tag=base --output="$GGUF"
-python - "$GGUF" <<'PY'
-import sys
-import torch
-from llama_cpp import Llama as LlamaCpp
-from nanollama.checkpoint import load_model, tokenizer_file
-from nanollama.tokenizer import get_tokenizer
-model, tok = load_model("base")[0], get_tokenizer(tokenizer_file("base"))
-llm = LlamaCpp(model_path=sys.argv[1], n_ctx=model.config.max_seq_len, verbose=False)
-for prompt in ["To be, or not to be", "ROMEO.\n", "Who are you?"]:
-    ids = tok.encode(prompt, bos=True)
-    out = model.generate(torch.tensor([ids]), 40)[0, len(ids):].tolist()
-    ours = tok.decode(out[:out.index(tok.eot_id)] if tok.eot_id in out else out)  # llama.cpp stops at <|eot_id|> too
-    theirs = llm(prompt, max_tokens=40, temperature=0.0)["choices"][0]["text"]
-    print(f"llama.cpp: {prompt + theirs!r}\n           {'identical to' if theirs == ours else 'DIFFERENT from'} nanollama's greedy output")
-llm.close()
-PY
+
+MINUTES=$BASE_MINUTES . runs/cpu_flags.sh
+DOWNLOAD=(); [ -n "${NANOLLAMA_DATA:-}" ] || DOWNLOAD=(--download)   # CORE's task files: from NANOLLAMA_DATA, else fetched once
+export TOK_FLAGS="--vocab-size=$CPU_VOCAB"
+export BASE_FLAGS="${CPU_FLAGS[*]} --eval-every=100 --save-every=200"
+export BASE_EVAL_FLAGS="--max-per-task=$CORE_ITEMS ${DOWNLOAD[*]}"
+export CHAT_EVAL_FLAGS="--max-per-task=$CHAT_ITEMS --max-tokens=128"
+export SFT_FLAGS="--device-batch-size=16 --epochs=3 --time-budget=$SFT_MINUTES --eval-every=50 --chat-eval-tasks= --save-every=200"
+export RL_FLAGS="--time-budget=$RL_MINUTES --eval-every=40 --eval-prompts=100 --save-every=50"
+bash runs/pipeline.sh

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Scaling laws on one 8-GPU node: for several depths, train at several tokens-per-parameter ratios, so that the final
-# validation bits per byte traces loss against compute for each model size (read them from each tag's meta_*.json).
+# Scaling laws on one 8-GPU node: for several depths, train at several tokens-per-parameter ratios, and measure each
+# model with base_eval (CORE on all 22 tasks, bits per byte), so that loss and CORE trace a curve against compute for
+# each model size. Then python -m nanollama.report tables and plots them against training FLOPs.
 # DRY_RUN=1 bash runs/scaling_laws.sh prints each run's derived configuration instead of training.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,5 +13,7 @@ for DEPTH in ${DEPTHS:-8 12 16}; do
     "${LAUNCH[@]}" -m nanollama.base_train --depth="$DEPTH" --param-data-ratio="$RATIO" --source=fineweb-edu \
         --seq-len=2048 --device-batch-size=32 --eval-every=0 --sample-every=0 --save-every=0 \
         --model-tag="scaling-d$DEPTH-r$RATIO" "${CHECK[@]}"
+    [ -n "${DRY_RUN:-}" ] || "${LAUNCH[@]}" -m nanollama.base_eval --model-tag="scaling-d$DEPTH-r$RATIO" --download
   done
 done
+[ -n "${DRY_RUN:-}" ] || python -m nanollama.report --model-tag="scaling-d$DEPTH-r$RATIO"
