@@ -126,11 +126,11 @@ def stage_row(stage: Stage, gpu_price: float | None = None) -> dict:
         if gpu_price: row["cost ($)"] = row["GPU-hours"] * gpu_price
     return row
 
-# %% ../nbs/22_report.ipynb #0363a173
+# %% ../nbs/22_report.ipynb #d7538a98
 def cell(v) -> str:
     "A table cell: numbers compact (3 significant digits, or thousands separators), None as a dash."
     if v is None or (isinstance(v, float) and math.isnan(v)): return "–"
-    if isinstance(v, float): return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}" if abs(v) >= 0.01 or v == 0 else f"{v:.2e}"
+    if isinstance(v, float): return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
     if isinstance(v, int): return f"{v:,}"
     return str(v).replace("|", "\\|").replace("\n", " ")
 
