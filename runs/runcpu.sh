@@ -4,7 +4,7 @@
 # chat_eval), fine-tunes it into an assistant that uses a calculator (SFT), improves its spelling by reinforcement
 # learning (RL), measures each stage, exports the result to GGUF and Hugging Face, has llama.cpp answer a chat prompt
 # with it (compared with our own answer), and writes the report card. About 30 minutes on 2 cores, the first time
-# (building llama.cpp takes about 5 of them); the minutes of each training stage are knobs:
+# (building llama.cpp takes about 8 of them); the minutes of each training stage are knobs:
 #   bash runs/runcpu.sh                                    # everything under ~/.cache/nanollama (or $NANOLLAMA_BASE_DIR)
 #   BASE_MINUTES=2 SFT_MINUTES=1 RL_MINUTES=1 bash runs/runcpu.sh    # a quicker look
 #   CLEAN=1 bash runs/runcpu.sh                            # start over (a second run otherwise reuses what the first made)

@@ -58,6 +58,21 @@ def test_second_run_reuses_and_resumes(first):
     assert ran(pipeline(d, REPORT_FLAGS="--gpu-price=2")) == ["report"]
 
 
+def test_report_tables_and_plots_a_series_of_evaluated_base_models(first):
+    "Two evaluated base models (as miniseries.sh leaves them) give the report its series table and plot."
+    d, _ = first
+    env = {**os.environ, "NANOLLAMA_BASE_DIR": str(d), "OMP_NUM_THREADS": "1"}
+    run = lambda *args: subprocess.run([sys.executable, "-m", *args], env=env, capture_output=True, text=True, timeout=600, check=True)
+    run("nanollama.base_train", "--model-tag=d2", "--depth=2", "--seq-len=64", "--device-batch-size=8", "--total-batch-size=512",
+        "--num-iterations=4", "--eval-every=0", "--sample-every=0", "--eval-tokens=1024", "--save-every=0")
+    run("nanollama.base_eval", "--model-tag=d2", f"--core-dir={REPO / 'tests' / 'fixtures' / 'core'}", "--max-per-task=2",
+        "--bpb-tokens=2048", "--num-samples=1")
+    run("nanollama.report", "--model-tag=d2", f"--output={d / 'series'}")
+    report = (d / "series" / "report.md").read_text()
+    assert "## The model series" in report and "| base | 1 |" in report and "| d2 | 2 |" in report
+    assert (d / "series" / "series.png").stat().st_size > 10_000
+
+
 def test_dry_run_prints_commands_and_clean_starts_over(first):
     d, _ = first
     out = pipeline(d, DRY_RUN="1", CLEAN="1")
