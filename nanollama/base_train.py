@@ -248,7 +248,9 @@ def start(self: Pretraining) -> TrainLoop:
     loop = TrainLoop(self.optimizers, self.plan.num_iterations, tc.time_budget, tc.warmup_ratio, tc.warmdown_ratio,
                      tc.final_lr_frac, rank=self.rank, on_log=log_to, where=f" in {self.ckpt_dir}")
     self.best = math.inf
-    if state is not None: self.restore(state, loop)
+    if state is not None:
+        loop.resume(state, tc.model_tag)
+        self.train_loader.load_state_dict(state["loader"]); self.best = state.get("best_val_bpb", math.inf)
     elif self.rank == 0 and (old := clear_checkpoints(tc.model_tag)):
         print0(f"a new run: the {len(old)} checkpoints of {tc.model_tag!r} from an earlier run (steps {old[0]}-{old[-1]}) are replaced")
     if self.rank == 0: loop.mfu = mfu_meter(self.device, mm_dtype, self.plan.flops_per_token)
@@ -265,15 +267,6 @@ def horizon_for_data(self: Pretraining):
                f"passes instead, {self.plan.num_iterations:,} steps (--max-passes=0 trains on)")
     print0(passes_note(passes_over_data(self.plan.num_iterations, self.plan, tc, self.train_rows), self.train_rows, tc, "the plan"))
 
-@patch
-def restore(self: Pretraining, state: dict, loop: TrainLoop):
-    "Put a resumed run back exactly where its checkpoint left it."
-    for opt, opt_state in zip(self.optimizers, state["optimizers"]): opt.load_state_dict(opt_state)
-    self.train_loader.load_state_dict(state["loader"])
-    torch.set_rng_state(state["rng"])
-    loop.step, loop.elapsed, loop.last_saved = state["step"], state["elapsed"], state["step"]
-    loop.history, self.best = state.get("history", []), state.get("best_val_bpb", math.inf)
-    print0(f"resumed {self.tc.model_tag} at step {loop.step} ({loop.elapsed / 60:.1f} minutes in)")
 
 # %% ../nbs/13_base_train.ipynb #3fc2ba59
 @patch
@@ -323,9 +316,7 @@ def save(self: Pretraining, loop: TrainLoop, best: bool = False):
     "Save the model with its lineage, and (unless it is the best-so-far copy) the state to resume from (rank 0)."
     if self.rank != 0 or (not best and loop.step == loop.last_saved): return
     tc, metrics = self.tc, {k: loop.metrics.get(k) for k in ("val_bpb", "loss")}
-    state = None if best else dict(step=loop.step, elapsed=loop.elapsed, optimizers=[o.state_dict() for o in self.optimizers],
-                                   loader=self.train_loader.state_dict(), rng=torch.get_rng_state(), best_val_bpb=self.best,
-                                   train_config=asdict(tc), history=loop.history)
+    state = None if best else dict(loop.state_dict(), loader=self.train_loader.state_dict(), best_val_bpb=self.best, train_config=asdict(tc))
     meta = dict(train_config=asdict(tc), history=loop.history, machine=machine(self.device, self.world))
     save_checkpoint(tc.model_tag, loop.step, self.model, state, meta, tokenizer_file=self.tokenizer_path,
                     stage="base", parent=None, metrics=metrics, best=best)

@@ -162,7 +162,7 @@ def start(self: Reinforcement) -> TrainLoop:
     loop = TrainLoop(self.optimizers, self.num_iterations, cfg.time_budget, cfg.warmup_ratio, cfg.warmdown_ratio, cfg.final_lr_frac,
                      rank=self.rank, on_log=log_to, where=f" in {checkpoints_dir() / cfg.output_tag}")
     self.start_rates = {}  # each task's held-out pass rates at step 0, prompt by prompt
-    if state is not None: self.restore(loop, state); self.start_rates = state["start_rates"]
+    if state is not None: loop.resume(state, cfg.output_tag); self.start_rates = state["start_rates"]
     return loop
 
 # %% ../nbs/19c_chat_rl.ipynb #2d26da3a
@@ -260,8 +260,7 @@ def evaluate(self: Reinforcement, loop: TrainLoop):
 @patch
 def train_state(self: Reinforcement, loop: TrainLoop) -> dict:
     "Everything a resumed run needs besides the weights."
-    return dict(step=loop.step, elapsed=loop.elapsed, optimizers=[o.state_dict() for o in self.optimizers], rng=torch.get_rng_state(),
-                data=self.fingerprint(), history=loop.history, start_rates=self.start_rates)
+    return dict(loop.state_dict(), data=self.fingerprint(), start_rates=self.start_rates)
 
 @patch
 def run_meta(self: Reinforcement, loop: TrainLoop) -> dict:

@@ -213,17 +213,9 @@ def start(self: FineTuning) -> TrainLoop:
                      rank=self.rank, on_log=log_to, where=f" in {checkpoints_dir() / cfg.output_tag}")
     self.best = math.inf
     if state is not None:
-        self.restore(loop, state)
+        loop.resume(state, cfg.output_tag)
         self.best = state["best_val_bpb"]; self.loader.load_state_dict(state["loader"])
     return loop
-
-@patch
-def restore(self: FineTuning, loop: TrainLoop, state: dict):
-    "Put a resumed run's optimiser and random state back, and the loop at its step."
-    for opt, s in zip(self.optimizers, state["optimizers"]): opt.load_state_dict(s)
-    torch.set_rng_state(state["rng"])
-    loop.step, loop.elapsed, loop.last_saved, loop.history = state["step"], state["elapsed"], state["step"], state["history"]
-    print0(f"resumed {self.cfg.output_tag} at step {loop.step} ({loop.elapsed / 60:.1f} minutes in)")
 
 # %% ../nbs/19a_chat_sft.ipynb #808084c2
 @patch
@@ -285,8 +277,7 @@ def show_answers(self: FineTuning, loop: TrainLoop):
 @patch
 def train_state(self: FineTuning, loop: TrainLoop) -> dict:
     "Everything a resumed run needs besides the weights."
-    return dict(step=loop.step, elapsed=loop.elapsed, optimizers=[o.state_dict() for o in self.optimizers], rng=torch.get_rng_state(),
-                data=self.fingerprint(), history=loop.history, loader=self.loader.state_dict(), best_val_bpb=self.best)
+    return dict(loop.state_dict(), data=self.fingerprint(), loader=self.loader.state_dict(), best_val_bpb=self.best)
 
 @patch
 def run_meta(self: FineTuning, loop: TrainLoop) -> dict:

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['STAGE_COMMANDS', 'STAGE_TITLES', 'read_json', 'Stage', 'stage_at', 'lineage', 'steps_of', 'trained_tokens',
            'training_seconds', 'command_line', 'headline', 'duration', 'stage_row', 'cell', 'markdown_table',
-           'tokenizer_section', 'series', 'plot_stage', 'plot_curves', 'core_summary', 'chat_eval_rows',
+           'tokenizer_section', 'points', 'plot_stage', 'plot_curves', 'score', 'core_summary', 'chat_eval_rows',
            'plot_chat_eval', 'describe_export', 'exports', 'evaluated_bases', 'series_row', 'plot_series',
            'machine_section', 'save_figure', 'report_text', 'write_report', 'main']
 
@@ -147,10 +147,10 @@ def tokenizer_section(stage: Stage) -> str:
     return (f"{tok.vocab_size:,} tokens, fingerprint `{stage.meta.get('tokenizer')}`. Bytes per token (more is better):\n\n"
             + compression_table({"ours": tok}, eval_texts()))
 
-# %% ../nbs/22_report.ipynb #b1ec5ccd
+# %% ../nbs/22_report.ipynb #8c65fa8b
 STAGE_TITLES = {"base": "pretraining", "sft": "SFT", "rl": "RL"}
 
-def series(history: list[dict], key: str) -> tuple[list, list]:
+def points(history: list[dict], key: str) -> tuple[list, list]:
     "Steps and values of `key` in a history."
     points = [(h["step"], h[key]) for h in history if h.get(key) is not None]
     return [p[0] for p in points], [p[1] for p in points]
@@ -160,14 +160,14 @@ def plot_stage(ax, stage: Stage):
     h, right = stage.meta.get("history", []), ax.twinx()
     ax.set_title(f"{STAGE_TITLES.get(stage.name, stage.name)} ({stage.tag}:{stage.step})"); ax.set_xlabel("step")
     if stage.name == "rl":
-        ax.plot(*series(h, "reward"), alpha=0.4, label="mean reward"); ax.set_ylabel("mean reward")
+        ax.plot(*points(h, "reward"), alpha=0.4, label="mean reward"); ax.set_ylabel("mean reward")
         for key in {k for r in h for k in r if k.endswith("_pass1")}:
-            steps, rates = series(h, key)
-            right.errorbar(steps, rates, yerr=series(h, key + "_se")[1] or None, marker="o", color="C1", label=key.replace("_pass1", " pass@1"))
+            steps, rates = points(h, key)
+            right.errorbar(steps, rates, yerr=points(h, key + "_se")[1] or None, marker="o", color="C1", label=key.replace("_pass1", " pass@1"))
         right.set_ylabel("held-out pass@1")
     else:
-        ax.plot(*series(h, "loss"), alpha=0.6, label="training loss"); ax.set_ylabel("loss (nats/token)")
-        right.plot(*series(h, "val_bpb"), marker="o", color="C1", label="held-out bpb"); right.set_ylabel("bits per byte")
+        ax.plot(*points(h, "loss"), alpha=0.6, label="training loss"); ax.set_ylabel("loss (nats/token)")
+        right.plot(*points(h, "val_bpb"), marker="o", color="C1", label="held-out bpb"); right.set_ylabel("bits per byte")
     ax.legend(loc="upper left", fontsize=8); right.legend(loc="upper right", fontsize=8)
 
 def plot_curves(stages: list[Stage]):
@@ -179,14 +179,17 @@ def plot_curves(stages: list[Stage]):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/22_report.ipynb #913c268a
+# %% ../nbs/22_report.ipynb #5b8ab503
+def score(summary: dict, key: str) -> float | None:
+    "An evaluation's score `key` (core, chatcore), or its partial version when not every task ran."
+    return summary.get(key, summary.get(f"{key}_partial"))
+
 def core_summary(stage: Stage) -> str:
     "The base model's CORE line: the score, how many of the 22 tasks, how many items each."
     ev = stage.evals.get("base_eval")
     if not ev: return "not measured (python -m nanollama.base_eval)"
     s = ev["summary"]
-    score = s.get("core", s.get("core_partial"))
-    return f"{ev['core_label']}: **{score:.4f}**" + ("" if "core" in s else " (partial: not comparable to full CORE)")
+    return f"{ev['core_label']}: **{score(s, 'core'):.4f}**" + ("" if "core" in s else " (partial: not comparable to full CORE)")
 
 def chat_eval_rows(stages: list[Stage]) -> list[dict]:
     "One row per chat_eval task: its accuracy at each stage that ran it; then the ChatCORE row."
@@ -197,7 +200,7 @@ def chat_eval_rows(stages: list[Stage]) -> list[dict]:
     summary = {s.name: s.evals["chat_eval"]["summary"] for s in stages if "chat_eval" in s.evals}
     if summary:
         core = {"task": "ChatCORE" + ("" if all("chatcore" in v for v in summary.values()) else " (partial where fewer than 6 tasks)")}
-        rows["ChatCORE"] = core | {n: v.get("chatcore", v.get("chatcore_partial")) for n, v in summary.items()}
+        rows["ChatCORE"] = core | {n: score(v, "chatcore") for n, v in summary.items()}
     return [{k: r.get(k) for k in ["task", "problems", *stage_names]} for r in rows.values()]
 
 # %% ../nbs/22_report.ipynb #f55db1eb
@@ -230,7 +233,7 @@ def exports(folder: Path) -> list[dict]:
     "The exports found in `folder`."
     return [d for p in sorted(folder.glob("*")) if (d := describe_export(p))] if folder.is_dir() else []
 
-# %% ../nbs/22_report.ipynb #da36f9f5
+# %% ../nbs/22_report.ipynb #bcb68b89
 def evaluated_bases(root: Path) -> list[Stage]:
     "The latest checkpoint of every tag that holds a pretrained model measured by base_eval."
     stages = [stage_at(d) for d in sorted(root.glob("*")) if d.is_dir() and complete_steps(d)]
@@ -241,10 +244,9 @@ def series_row(stage: Stage) -> dict:
     config = LlamaConfig(**stage.meta["config"])
     with torch.device("meta"): model = Llama(config)
     tokens = trained_tokens(stage)
-    summary = stage.evals["base_eval"]["summary"]
     return {"tag": stage.tag, "depth": config.n_layer, "parameters": model.num_params(), "tokens": tokens,
             "FLOPs": model.flops_per_token(config.max_seq_len) * tokens, "val bpb": stage.meta.get("metrics", {}).get("val_bpb"),
-            "CORE": summary.get("core", summary.get("core_partial"))}
+            "CORE": score(stage.evals["base_eval"]["summary"], "core")}
 
 def plot_series(rows: list[dict]):
     "CORE and bits per byte against training FLOPs, one point per model."

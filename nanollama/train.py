@@ -256,6 +256,18 @@ class TrainLoop:
         self.history.append(record); self.metrics.update(record)
         if self.on_log: self.on_log(record)
 
+    def state_dict(self) -> dict:
+        "What any stage's resume needs from the loop: its step, time and history, the optimisers' state, the random state."
+        return dict(step=self.step, elapsed=self.elapsed, history=self.history, optimizers=[o.state_dict() for o in self.optimizers],
+                    rng=torch.get_rng_state())
+
+    def resume(self, state: dict, name: str):
+        "Put `state_dict()`'s parts back, so the run goes on exactly where `name`'s checkpoint left it."
+        for opt, s in zip(self.optimizers, state["optimizers"]): opt.load_state_dict(s)
+        torch.set_rng_state(state["rng"])
+        self.step, self.elapsed, self.last_saved, self.history = state["step"], state["elapsed"], state["step"], state.get("history", [])
+        print0(f"resumed {name} at step {self.step} ({self.elapsed / 60:.1f} minutes in)")
+
 # %% ../nbs/12a_train.ipynb #044725a3
 def _check_finite(loss: float, loop: TrainLoop):
     if not math.isfinite(loss):

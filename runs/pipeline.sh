@@ -22,7 +22,6 @@ cd "$(dirname "$0")/.."
 BASE=${NANOLLAMA_BASE_DIR:-$HOME/.cache/nanollama}
 STAMPS="$BASE/pipeline"
 EXPORTS="$BASE/exports"
-read -r -a LAUNCH <<< "${LAUNCH:-python}"
 PREV=start
 TIMES=()
 
@@ -63,6 +62,7 @@ stage() {
 }
 
 words() { read -r -a "$1" <<< "${2//$'\n'/ }"; }  # words NAME "flags": the flags (over several lines, too) as an array
+words LAUNCH "${LAUNCH:-python}"
 words TOK "${TOK_FLAGS:-}"; words BASE_TRAIN "${BASE_FLAGS:-}"; words BASE_EVAL "${BASE_EVAL_FLAGS:-}"; words SFT "${SFT_FLAGS:-}"
 words RL "${RL_FLAGS:-}"; words CHAT_EVAL "${CHAT_EVAL_FLAGS:-}"; words REPORT "${REPORT_FLAGS:-}"; words DATA "${DATA_FLAGS:-}"
 
