@@ -7,7 +7,7 @@ __all__ = ['DEFAULT_VOCAB', 'MAX_USEFUL_PASSES', 'SAMPLE_PROMPTS', 'TrainConfig'
            'check_config', 'prepare_data', 'make_loaders', 'passes_over_data', 'passes_note', 'capped_plan',
            'add_dropout', 'describe', 'Pretraining', 'make_optimizers', 'sample', 'train', 'main']
 
-# %% ../nbs/13_base_train.ipynb #47d71fdb
+# %% ../nbs/13_base_train.ipynb #9fa610e5
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -20,13 +20,14 @@ from .dataloader import DataLoader, personality_tokens
 from .dataset import pretokenize, shard_paths, tokens_dir
 from .gpt2 import GPT2, gpt2_optimizers
 from .llama import Llama, LlamaConfig
+from .memory import GiB, choose_fsdp, describe_memory
 from .optim import adamw_lr_scale, build_optimizers
 from .tasks import PERSONALITY_DIR, load_conversations
 from .tokenizer import default_tokenizer_path, get_tokenizer
 from .train import (Hook, TrainLoop, autocast_for, check_dtype, check_ranges, drive, evaluate_bpb, mfu_meter, optimizer_step,
                              machine, parse_config, print0, setting, setup_device, stage_main, training_forward, wandb_logger)
 
-# %% ../nbs/13_base_train.ipynb #8b0f7e61
+# %% ../nbs/13_base_train.ipynb #d5f57934
 DEFAULT_VOCAB = LlamaConfig.vocab_size  # what tok_train makes unless told otherwise
 MAX_USEFUL_PASSES = 4  # Muennighoff et al. (2023): repeated data is worth nearly as much as fresh up to about 4 passes
 
@@ -77,10 +78,12 @@ class TrainConfig:
     device: str = setting("auto", "cpu, cuda, mps or auto")
     dtype: str = setting("auto", "bfloat16 or float32 (auto: bfloat16 autocast on GPUs, float32 on CPU; bfloat16 is faster on CPUs with AMX)")
     compile: bool | None = setting(None, "torch.compile the model (default: on GPUs only)")
+    fsdp: bool | None = setting(None, "shard weights, gradients and optimiser state across the ranks with FSDP2 instead of DDP "
+                                      "(default: where the memory plan says DDP does not fit the GPU and FSDP2 does)")
     seed: int = setting(42, "random seed (model init and data order)")
     dry_run: bool = setting(False, "print the derived configuration and exit (with WORLD_SIZE=N set: as on N devices)")
 
-# %% ../nbs/13_base_train.ipynb #09c41353
+# %% ../nbs/13_base_train.ipynb #dbf28451
 def batch_tokens_for(n_params: int) -> int:
     "Tokens per optimiser step: 524288 × sqrt(n_params / 560M), rounded to a power of two (at least 2^12)."
     return 2 ** max(12, round(math.log2(524288 * math.sqrt(n_params / 560e6))))
@@ -121,6 +124,7 @@ def check_config(tc: TrainConfig):
     check_dtype(tc.dtype)
     if tc.arch not in ("llama", "gpt2"): raise ValueError(f"--arch must be llama or gpt2, got {tc.arch!r}")
     if tc.arch == "gpt2" and tc.resume: raise ValueError("--resume is for llama runs; the gpt2 baseline is only trained from scratch")
+    if tc.arch == "gpt2" and tc.fsdp: raise ValueError("--fsdp is for llama runs; the gpt2 baseline trains with DDP")
     if tc.arch == "gpt2" and tc.dropout: raise ValueError("--dropout is for llama runs; the gpt2 baseline trains as GPT-2 did, without it")
 
 # %% ../nbs/13_base_train.ipynb #c025f7b0
@@ -172,7 +176,7 @@ def add_dropout(model: Llama, p: float) -> list:
     hook = lambda module, args, out: F.dropout(out, p, module.training)
     return [m.register_forward_hook(hook) for block in model.layers for m in (block.attn, block.mlp)]
 
-# %% ../nbs/13_base_train.ipynb #86e03253
+# %% ../nbs/13_base_train.ipynb #928ea8d4
 SAMPLE_PROMPTS = ["To be, or not to be", "ROMEO.\n", "The meaning of life is"]
 
 def describe(tc: TrainConfig, plan: Plan, world: int, device) -> str:
@@ -210,8 +214,26 @@ class Pretraining:
         self.plan = make_plan(tc, vocab_size, self.world)
         self.ckpt_dir = checkpoints_dir() / tc.model_tag
         print0(describe(tc, self.plan, self.world, self.device))
+        self.fsdp = self.use_fsdp()
 
-# %% ../nbs/13_base_train.ipynb #bcfeff53
+# %% ../nbs/13_base_train.ipynb #0fe676d1
+@patch
+def use_fsdp(self: Pretraining) -> bool:
+    "Whether to shard with FSDP2: `--fsdp` as given, else where lesson 12b's plan says DDP does not fit this GPU and FSDP2 does."
+    tc, plan, on_gpu = self.tc, self.plan, self.device.type == "cuda"
+    if tc.arch != "llama": return False
+    compiled = tc.compile is not False  # as on GPUs, which compile by default
+    cards = (torch.cuda.get_device_properties(self.device).total_memory / GiB,) if on_gpu else (40, 80)
+    if tc.dry_run or on_gpu: print0(describe_memory(plan.model, tc.device_batch_size, tc.seq_len, self.world, compiled, cards))
+    chosen = tc.fsdp if tc.fsdp is not None else on_gpu and choose_fsdp(plan.model, tc.device_batch_size, tc.seq_len, self.world,
+                                                                         cards[0] * GiB, compiled)
+    fsdp = bool(chosen) and self.world > 1
+    if self.world > 1:
+        how = "FSDP2 (weights, gradients and optimiser state sharded)" if fsdp else "DDP"
+        print0(f"data parallel: {how}" + ("" if on_gpu or tc.fsdp is not None else " (on GPUs: FSDP2 where the plan says only FSDP2 fits)"))
+    return fsdp
+
+# %% ../nbs/13_base_train.ipynb #2a5c1440
 def make_optimizers(tc: TrainConfig, model) -> list:
     "Muon + AdamW for a Llama (lesson 06); AdamW for every parameter of the GPT-2 baseline (lesson 05a)."
     if isinstance(model, GPT2): return gpt2_optimizers(model, tc.adamw_lr)
@@ -240,13 +262,13 @@ def start(self: Pretraining) -> TrainLoop:
                                                        self.rank, self.world, self.device)
     self.train_rows = self.train_loader.rows.n_rows
     self.horizon_for_data()
-    self.optimizers = make_optimizers(tc, self.model)
+    self.fwd = training_forward(self.model, self.device, self.world, tc.compile, self.fsdp)
+    self.optimizers = make_optimizers(tc, self.model)  # after sharding, which replaces the parameters
     self.autocast, mm_dtype = autocast_for(self.device, tc.dtype)
-    self.fwd = training_forward(self.model, self.device, self.world, tc.compile)
     self.token_bytes = self.tokenizer.token_bytes().to(self.device)
     log_to, self.wandb_run = wandb_logger(tc.run, self.rank, asdict(tc))
     loop = TrainLoop(self.optimizers, self.plan.num_iterations, tc.time_budget, tc.warmup_ratio, tc.warmdown_ratio,
-                     tc.final_lr_frac, rank=self.rank, on_log=log_to, where=f" in {self.ckpt_dir}")
+                     tc.final_lr_frac, rank=self.rank, on_log=log_to, where=f" in {self.ckpt_dir}", model=self.model)
     self.best = math.inf
     if state is not None:
         loop.resume(state, tc.model_tag)
@@ -267,7 +289,6 @@ def horizon_for_data(self: Pretraining):
                f"passes instead, {self.plan.num_iterations:,} steps (--max-passes=0 trains on)")
     print0(passes_note(passes_over_data(self.plan.num_iterations, self.plan, tc, self.train_rows), self.train_rows, tc, "the plan"))
 
-
 # %% ../nbs/13_base_train.ipynb #3fc2ba59
 @patch
 def step(self: Pretraining, loop: TrainLoop) -> tuple[float, int]:
@@ -279,7 +300,7 @@ def step(self: Pretraining, loop: TrainLoop) -> tuple[float, int]:
     loss = optimizer_step(self.fwd, lambda: next(self.train_loader), self.plan.grad_accum, self.optimizers, self.autocast)
     return loss, self.plan.total_batch_size
 
-# %% ../nbs/13_base_train.ipynb #f464677b
+# %% ../nbs/13_base_train.ipynb #2bdbbdba
 def sample(model, tokenizer, device, max_new_tokens: int = 48) -> list[str]:
     "Greedy continuations of a few prompts, and the model's answer to 'Who are you?'."
     prompts = [tokenizer.encode(p, bos=True) for p in SAMPLE_PROMPTS]
@@ -305,19 +326,19 @@ def evaluate(self: Pretraining, loop: TrainLoop):
 
 @patch
 def show_samples(self: Pretraining, loop: TrainLoop):
-    "Print the samples (rank 0)."
-    if self.rank != 0: return
+    "Print the samples (rank 0; every rank computes them when the model is sharded)."
+    if self.rank != 0 and not self.fsdp: return
     self.model.eval()
     for s in sample(self.model, self.tokenizer, self.device): loop.write("  " + repr(s))
     self.model.train()
 
 @patch
 def save(self: Pretraining, loop: TrainLoop, best: bool = False):
-    "Save the model with its lineage, and (unless it is the best-so-far copy) the state to resume from (rank 0)."
-    if self.rank != 0 or (not best and loop.step == loop.last_saved): return
+    "Save the model with its lineage, and (unless it is the best-so-far copy) the state to resume from (rank 0, or every rank under FSDP2)."
+    if (self.rank != 0 and not self.fsdp) or (not best and loop.step == loop.last_saved): return
     tc, metrics = self.tc, {k: loop.metrics.get(k) for k in ("val_bpb", "loss")}
     state = None if best else dict(loop.state_dict(), loader=self.train_loader.state_dict(), best_val_bpb=self.best, train_config=asdict(tc))
-    meta = dict(train_config=asdict(tc), history=loop.history, machine=machine(self.device, self.world))
+    meta = dict(train_config=asdict(tc), history=loop.history, machine=machine(self.device, self.world), fsdp=self.fsdp)
     save_checkpoint(tc.model_tag, loop.step, self.model, state, meta, tokenizer_file=self.tokenizer_path,
                     stage="base", parent=None, metrics=metrics, best=best)
     if not best: loop.last_saved = loop.step
@@ -328,14 +349,15 @@ def hooks(self: Pretraining) -> list[Hook]:
     tc = self.tc
     return [Hook(tc.eval_every, self.evaluate, at_start=True), Hook(tc.sample_every, self.show_samples), Hook(tc.save_every, self.save)]
 
-# %% ../nbs/13_base_train.ipynb #58e15ae8
+# %% ../nbs/13_base_train.ipynb #55e6a61d
 def train(tc: TrainConfig) -> list[dict]:
     "Run pretraining as `tc` says; returns the history of logged steps (rank 0)."
     run = Pretraining(tc)
     if tc.dry_run: return []
     loop = drive(run)
+    held = f"sharded across {run.world} ranks by FSDP2" if run.fsdp else f"identical on all {run.world} ranks"
     print0(f"done: {loop.step} steps in {loop.elapsed / 60:.1f} minutes, val bpb {loop.metrics['val_bpb']:.4f} "
-           f"(best {run.best:.4f}), parameters identical on all {run.world} ranks")
+           f"(best {run.best:.4f}), parameters {held}")
     return loop.history
 
 # %% ../nbs/13_base_train.ipynb #1b66d0e7

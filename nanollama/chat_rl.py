@@ -160,7 +160,7 @@ def start(self: Reinforcement) -> TrainLoop:
     self.engine = Engine(self.model, self.tokenizer)
     log_to, self.wandb_run = wandb_logger(cfg.run, self.rank, asdict(cfg), job_type="rl")
     loop = TrainLoop(self.optimizers, self.num_iterations, cfg.time_budget, cfg.warmup_ratio, cfg.warmdown_ratio, cfg.final_lr_frac,
-                     rank=self.rank, on_log=log_to, where=f" in {checkpoints_dir() / cfg.output_tag}")
+                     rank=self.rank, on_log=log_to, where=f" in {checkpoints_dir() / cfg.output_tag}", model=self.model)
     self.start_rates = {}  # each task's held-out pass rates at step 0, prompt by prompt
     if state is not None: loop.resume(state, cfg.output_tag); self.start_rates = state["start_rates"]
     return loop

@@ -14,8 +14,8 @@ import torch
 from fastcore.basics import patch
 from .chat_eval import TASKS, ChatEvalConfig, evaluate_tasks
 from .base_train import TrainConfig
-from .checkpoint import (check_tokenizer, checkpoint_files, checkpoints_dir, clear_checkpoints, complete_steps, load_train_state,
-                                  model_from_file, save_checkpoint, split_tag, tokenizer_file)
+from .checkpoint import (check_tokenizer, checkpoint_files, checkpoints_dir, clear_checkpoints, complete_steps,
+                                  load_optimizer_state, load_train_state, model_from_file, save_checkpoint, split_tag, tokenizer_file)
 from .engine import Engine
 from .evaluation import format_table, parse_tasks
 from .optim import build_optimizers
@@ -170,9 +170,9 @@ def make_optimizers(self: FineTuning, model) -> list:
         except FileNotFoundError as e:
             print0(f"{e} (a best or copied checkpoint keeps no optimiser state): a fresh optimiser state")
             return opts
-        for opt, saved in zip(opts, state["optimizers"]):
-            lrs = [g["initial_lr"] for g in opt.param_groups]
-            opt.load_state_dict(saved)  # this brings the base run's learning rates too: put ours back
+        rates = [[g["initial_lr"] for g in opt.param_groups] for opt in opts]
+        load_optimizer_state(model, opts, state["optimizers"])  # this brings the base run's learning rates too: put ours back
+        for opt, lrs in zip(opts, rates):
             for g, lr in zip(opt.param_groups, lrs): g["lr"] = g["initial_lr"] = lr
     return opts
 
@@ -210,7 +210,7 @@ def start(self: FineTuning) -> TrainLoop:
     self.model.train()  # the engine puts it in eval mode
     log_to, self.wandb_run = wandb_logger(cfg.run, self.rank, asdict(cfg), job_type="sft")
     loop = TrainLoop(self.optimizers, self.num_iterations, cfg.time_budget, cfg.warmup_ratio, cfg.warmdown_ratio, cfg.final_lr_frac,
-                     rank=self.rank, on_log=log_to, where=f" in {checkpoints_dir() / cfg.output_tag}")
+                     rank=self.rank, on_log=log_to, where=f" in {checkpoints_dir() / cfg.output_tag}", model=self.model)
     self.best = math.inf
     if state is not None:
         loop.resume(state, cfg.output_tag)

@@ -40,7 +40,7 @@ class TokenRows:
         if self.shuffle: j = int(self.permutation(epoch)[j])
         return self.read(j * self.T, self.T + 1)
 
-# %% ../nbs/11_dataloader.ipynb #9ea9e07a
+# %% ../nbs/11_dataloader.ipynb #bcff4f47
 class DataLoader:
     "Endless `(inputs, targets)` batches, LongTensors of shape `(B, T)`, for rank `rank` of `world`; resumable."
     def __init__(self, data_dir, B: int, T: int, split: str = "train", rank: int = 0, world: int = 1, seed: int = 0,
@@ -82,10 +82,12 @@ class DataLoader:
         return dict(row=self.row, T=self.T, world=self.world, seed=self.seed, personality_ratio=float(self.ratio))
 
     def load_state_dict(self, state: dict):
-        "Continue exactly after the last batch that `state` was taken from."
-        for k in ("T", "world", "seed", "personality_ratio"):
+        "Continue exactly after the last batch that `state` was taken from, on this loader's number of ranks."
+        for k in ("T", "seed", "personality_ratio"):
             if state[k] != self.state_dict()[k]: raise ValueError(f"cannot resume: the checkpoint's loader had {k}={state[k]}, this one {self.state_dict()[k]}")
-        self.row = state["row"]
+        taken = state["row"] * state["world"]  # rows of the global stream the run has consumed
+        if taken % self.world: raise ValueError(f"cannot resume: the {taken} rows read by {state['world']} ranks do not split evenly across {self.world}")
+        self.row = taken // self.world
 
 # %% ../nbs/11_dataloader.ipynb #4abd14b6
 def personality_tokens(conversations, tokenizer) -> np.ndarray:

@@ -210,18 +210,19 @@ class Llama(nn.Module):
             if i + 1 < max_new_tokens: logits = self(out[-1], cache=cache, last_only=True)[:, -1]
         return torch.cat(out, dim=1)
 
-# %% ../nbs/05_llama.ipynb #0095b994
-def series_table(names=tuple(PRESETS), seq_len: int = 2048, **overrides) -> str:
-    "A markdown table of the named presets with real parameter counts, KV-cache bytes and FLOPs per token."
-    rows = ["| model | depth | width | heads | KV heads | FFN | params | non-embedding | KV cache (bf16) | GFLOP/token |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+# %% ../nbs/05_llama.ipynb #fe73d542
+def series_table(names=tuple(PRESETS), seq_len: int = 2048, columns: dict | None = None, **overrides) -> str:
+    "A markdown table of the named presets with real parameter counts, KV-cache bytes and FLOPs per token (and `columns`: title -> f(config))."
+    columns = columns or {}
+    rows = ["| model | depth | width | heads | KV heads | FFN | params | non-embedding | KV cache (bf16) | GFLOP/token |" + "".join(f" {t} |" for t in columns),
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(columns)]
     for name in names:
         c = LlamaConfig.preset(name, **overrides)
         with torch.device("meta"): m = Llama(c)
         kv = 2 * c.n_layer * c.n_kv_head * c.head_dim * 2
         rows.append(f"| {name} | {c.n_layer} | {c.n_embd} | {c.n_head} | {c.n_kv_head} | {c.hidden_dim} | "
                     f"{m.num_params() / 1e6:,.1f}M | {m.num_params(non_embedding=True) / 1e6:,.1f}M | "
-                    f"{kv / 1024:.0f} KiB/token | {m.flops_per_token(seq_len) / 1e9:.2f} |")
+                    f"{kv / 1024:.0f} KiB/token | {m.flops_per_token(seq_len) / 1e9:.2f} |" + "".join(f" {f(c)} |" for f in columns.values()))
     return "\n".join(rows)
 
 # %% ../nbs/05_llama.ipynb #c3d70720

@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['GPU_PEAK_FLOPS', 'setting', 'flag', 'config_parser', 'parse_config', 'check_ranges', 'setup_device', 'print0',
-           'cpu_name', 'machine', 'params_agree', 'autocast_for', 'check_dtype', 'training_forward', 'next_token_loss',
-           'optimizer_step', 'lr_multiplier', 'muon_momentum', 'set_learning_rates', 'evaluate_bpb',
+           'cpu_name', 'machine', 'params_agree', 'autocast_for', 'check_dtype', 'shard_model', 'training_forward',
+           'next_token_loss', 'optimizer_step', 'lr_multiplier', 'muon_momentum', 'set_learning_rates', 'evaluate_bpb',
            'measure_cpu_peak_flops', 'peak_flops', 'MFU', 'mfu_meter', 'Hook', 'TrainLoop', 'run_loop', 'wandb_logger',
            'drive', 'stage_main']
 
-# %% ../nbs/12a_train.ipynb #d31c45eb
+# %% ../nbs/12a_train.ipynb #a5af3e5c
 import argparse
 import math
 import os
@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Callable
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
+from .checkpoint import is_sharded, load_optimizer_state, optimizer_state
 from .optim import Muon
 
 # %% ../nbs/12a_train.ipynb #796020bc
@@ -64,7 +66,7 @@ def check_ranges(cfg, positive=(), unit=(), non_negative=()):
             v = getattr(cfg, name)
             if v is not None and not ok(v): raise ValueError(f"{flag(name)} must be {want}, got {v}")
 
-# %% ../nbs/12a_train.ipynb #b78b9d94
+# %% ../nbs/12a_train.ipynb #86bf79dc
 def setup_device(device: str = "auto", join: bool = True):
     "The device to train on, and torchrun's process group joined if there is one (`join`); returns `(device, rank, world_size)`."
     kind = device if device != "auto" else "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
@@ -92,13 +94,13 @@ def machine(device, world: int) -> dict:
 
 def params_agree(model) -> bool:
     "Whether every rank holds exactly the same parameters (a cheap checksum compared across ranks)."
-    if not dist.is_initialized(): return True
+    if not dist.is_initialized() or is_sharded(model): return True  # FSDP2 keeps one copy of each parameter: none to disagree
     s = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
     gathered = [torch.zeros_like(s) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, s)
     return all(torch.equal(g, gathered[0]) for g in gathered)
 
-# %% ../nbs/12a_train.ipynb #f72e8a5d
+# %% ../nbs/12a_train.ipynb #541e16d0
 def autocast_for(device, dtype: str = "auto"):
     "The autocast context for `dtype` (auto: bfloat16 on GPUs, float32 elsewhere) and the dtype matmuls run in."
     use_bf16 = dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda")
@@ -108,9 +110,18 @@ def check_dtype(dtype: str):
     "Refuse a `--dtype` that `autocast_for` does not know, before any work."
     if dtype not in ("auto", "bfloat16", "float32"): raise ValueError(f"--dtype must be auto, bfloat16 or float32, got {dtype!r}")
 
-def training_forward(model, device, world: int, compile: bool | None = None):
-    "The model as a training step calls it: compiled (default: on GPUs only) and wrapped in DDP when `world > 1`."
-    fwd = torch.compile(model) if (compile if compile is not None else device.type == "cuda") else model
+def shard_model(model, compile: bool = False):
+    "FSDP2: each block's parameters, gradients and optimiser state split across the ranks, then the rest's; `compile` each block first."
+    for block in model.layers:
+        if compile: block.compile()
+        fully_shard(block)
+    return fully_shard(model)
+
+def training_forward(model, device, world: int, compile: bool | None = None, fsdp: bool = False):
+    "The model as a training step calls it: compiled (default: on GPUs only), and when `world > 1` sharded by FSDP2 (`fsdp`) or wrapped in DDP."
+    compile = compile if compile is not None else device.type == "cuda"
+    if world > 1 and fsdp: return shard_model(model, compile)
+    fwd = torch.compile(model) if compile else model
     return DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else fwd
 
 # %% ../nbs/12a_train.ipynb #feb27b02
@@ -229,13 +240,13 @@ class Hook:
     def due(self, step: int, done: bool) -> bool:
         return done or (self.every > 0 and step % self.every == 0 and (step > 0 or self.at_start))
 
-# %% ../nbs/12a_train.ipynb #d25dbf53
+# %% ../nbs/12a_train.ipynb #a2010458
 class TrainLoop:
-    "Optimiser steps until `num_iterations` or `time_budget` minutes, with the schedule applied and hooks between steps."
+    "Optimiser steps until `num_iterations` or `time_budget` minutes, with the schedule applied and hooks between steps; `model` is what the optimisers train."
     def __init__(self, optimizers, num_iterations: int, time_budget: float | None = None, warmup: float = 0.0,
                  warmdown: float = 0.2, final_lr_frac: float = 0.0, step: int = 0, elapsed: float = 0.0, rank: int = 0,
-                 mfu: MFU | None = None, on_log: Callable | None = None, where: str = ""):
-        self.optimizers, self.num_iterations, self.time_budget = optimizers, num_iterations, time_budget
+                 mfu: MFU | None = None, on_log: Callable | None = None, where: str = "", model=None):
+        self.optimizers, self.num_iterations, self.time_budget, self.model = optimizers, num_iterations, time_budget, model
         self.schedule = dict(warmup=warmup, warmdown=warmdown, final=final_lr_frac)
         self.step, self.elapsed, self.rank, self.mfu, self.on_log, self.where = step, elapsed, rank, mfu, on_log, where
         self.history, self.metrics, self.last_saved, self.bar = [], {}, None, None
@@ -257,13 +268,13 @@ class TrainLoop:
         if self.on_log: self.on_log(record)
 
     def state_dict(self) -> dict:
-        "What any stage's resume needs from the loop: its step, time and history, the optimisers' state, the random state."
-        return dict(step=self.step, elapsed=self.elapsed, history=self.history, optimizers=[o.state_dict() for o in self.optimizers],
+        "What any stage's resume needs from the loop: its step, time and history, the optimisers' state (by parameter name), the random state."
+        return dict(step=self.step, elapsed=self.elapsed, history=self.history, optimizers=optimizer_state(self.model, self.optimizers),
                     rng=torch.get_rng_state())
 
     def resume(self, state: dict, name: str):
         "Put `state_dict()`'s parts back, so the run goes on exactly where `name`'s checkpoint left it."
-        for opt, s in zip(self.optimizers, state["optimizers"]): opt.load_state_dict(s)
+        load_optimizer_state(self.model, self.optimizers, state["optimizers"])
         torch.set_rng_state(state["rng"])
         self.step, self.elapsed, self.last_saved, self.history = state["step"], state["elapsed"], state["step"], state.get("history", [])
         print0(f"resumed {name} at step {self.step} ({self.elapsed / 60:.1f} minutes in)")
