@@ -7,7 +7,7 @@ __all__ = ['DEFAULT_VOCAB', 'MAX_USEFUL_PASSES', 'SAMPLE_PROMPTS', 'TrainConfig'
            'check_config', 'prepare_data', 'make_loaders', 'passes_over_data', 'passes_note', 'capped_plan',
            'add_dropout', 'describe', 'Pretraining', 'make_optimizers', 'sample', 'train', 'main']
 
-# %% ../nbs/13_base_train.ipynb #9fa610e5
+# %% ../nbs/13_base_train.ipynb #0a8bc06a
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -20,7 +20,7 @@ from .dataloader import DataLoader, personality_tokens
 from .dataset import pretokenize, shard_paths, tokens_dir
 from .gpt2 import GPT2, gpt2_optimizers
 from .llama import Llama, LlamaConfig
-from .memory import GiB, choose_fsdp, describe_memory
+from .memory import use_fsdp
 from .optim import adamw_lr_scale, build_optimizers
 from .tasks import PERSONALITY_DIR, load_conversations
 from .tokenizer import default_tokenizer_path, get_tokenizer
@@ -176,7 +176,7 @@ def add_dropout(model: Llama, p: float) -> list:
     hook = lambda module, args, out: F.dropout(out, p, module.training)
     return [m.register_forward_hook(hook) for block in model.layers for m in (block.attn, block.mlp)]
 
-# %% ../nbs/13_base_train.ipynb #928ea8d4
+# %% ../nbs/13_base_train.ipynb #ddc96b65
 SAMPLE_PROMPTS = ["To be, or not to be", "ROMEO.\n", "The meaning of life is"]
 
 def describe(tc: TrainConfig, plan: Plan, world: int, device) -> str:
@@ -214,24 +214,8 @@ class Pretraining:
         self.plan = make_plan(tc, vocab_size, self.world)
         self.ckpt_dir = checkpoints_dir() / tc.model_tag
         print0(describe(tc, self.plan, self.world, self.device))
-        self.fsdp = self.use_fsdp()
-
-# %% ../nbs/13_base_train.ipynb #0fe676d1
-@patch
-def use_fsdp(self: Pretraining) -> bool:
-    "Whether to shard with FSDP2: `--fsdp` as given, else where lesson 12b's plan says DDP does not fit this GPU and FSDP2 does."
-    tc, plan, on_gpu = self.tc, self.plan, self.device.type == "cuda"
-    if tc.arch != "llama": return False
-    compiled = tc.compile is not False  # as on GPUs, which compile by default
-    cards = (torch.cuda.get_device_properties(self.device).total_memory / GiB,) if on_gpu else (40, 80)
-    if tc.dry_run or on_gpu: print0(describe_memory(plan.model, tc.device_batch_size, tc.seq_len, self.world, compiled, cards))
-    chosen = tc.fsdp if tc.fsdp is not None else on_gpu and choose_fsdp(plan.model, tc.device_batch_size, tc.seq_len, self.world,
-                                                                         cards[0] * GiB, compiled)
-    fsdp = bool(chosen) and self.world > 1
-    if self.world > 1:
-        how = "FSDP2 (weights, gradients and optimiser state sharded)" if fsdp else "DDP"
-        print0(f"data parallel: {how}" + ("" if on_gpu or tc.fsdp is not None else " (on GPUs: FSDP2 where the plan says only FSDP2 fits)"))
-    return fsdp
+        self.fsdp = tc.arch == "llama" and use_fsdp(tc.fsdp, self.plan.model, tc.device_batch_size, tc.seq_len, self.world, self.device,
+                                                    tc.compile, tc.dry_run)  # DDP or FSDP2, by lesson 12b's memory plan
 
 # %% ../nbs/13_base_train.ipynb #2a5c1440
 def make_optimizers(tc: TrainConfig, model) -> list:

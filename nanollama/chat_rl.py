@@ -44,7 +44,7 @@ RL_TASKS = {
 }
 CPU_TASKS, GPU_TASKS = "SpellingBee", "GSM8K"
 
-# %% ../nbs/19c_chat_rl.ipynb #2a5bae2b
+# %% ../nbs/19c_chat_rl.ipynb #15d5890b
 @dataclass
 class RLConfig:
     "Everything an RL run needs; `None` means 'derive it'."
@@ -84,6 +84,8 @@ class RLConfig:
     device: str = setting("auto", "cpu, cuda, mps or auto")
     dtype: str = setting("auto", "bfloat16 or float32 (auto: bfloat16 autocast on GPUs, float32 on CPU)")
     compile: bool | None = setting(None, "torch.compile the model for the training passes (default: on GPUs only)")
+    fsdp: bool | None = setting(None, "shard the model and its optimiser state across the ranks with FSDP2 instead of DDP; rollouts "
+                                      "sample from a whole copy (default: where the memory plan says DDP does not fit and FSDP2 does)")
     seed: int = setting(0, "random seed (prompt order, sampling)")
     dry_run: bool = setting(False, "load the tasks, print the plan, and exit")
 
@@ -98,7 +100,7 @@ def check_config(cfg: RLConfig):
     check_dtype(cfg.dtype)
     if cfg.tasks is not None: parse_tasks(cfg.tasks, RL_TASKS)
 
-# %% ../nbs/19c_chat_rl.ipynb #ea00959a
+# %% ../nbs/19c_chat_rl.ipynb #55fd6243
 @lru_cache(maxsize=4)
 def epoch_order(n: int, seed: int) -> list[int]:
     "A shuffle of `range(n)`, the same everywhere for the same seed."
@@ -117,6 +119,7 @@ class Reinforcement(FineTuning):
         self.heldout = [RL_TASKS[n].heldout(cfg) for n in self.names]
         self.items = [(k, i) for k, t in enumerate(self.tasks) for i in range(len(t))]
         self.max_passes = math.ceil(cfg.prompts_per_step // self.world * cfg.num_samples / cfg.device_batch_size)  # per device and step
+        self.plan_parallel(self.base_meta["config"]["max_seq_len"])  # a training pass: replies no longer than the context
         self.num_iterations = cfg.num_iterations or math.ceil(cfg.epochs * len(self.items) / cfg.prompts_per_step)
         print0(self.describe())
 
@@ -147,17 +150,17 @@ def fingerprint(self: Reinforcement) -> str:
     spec = [self.names, [len(t) for t in self.tasks], self.cfg.seed, self.cfg.prompts_per_step]
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
 
-# %% ../nbs/19c_chat_rl.ipynb #408e9922
+# %% ../nbs/19c_chat_rl.ipynb #8d2b2680
 @patch
 def start(self: Reinforcement) -> TrainLoop:
     "Build the model, optimisers, engine and loop; restore a resumed run; returns the loop at its step."
     cfg = self.cfg
     self.model, state = self.load()
+    self.fwd = training_forward(self.model, self.device, self.world, cfg.compile, self.fsdp)
     self.optimizers = list(build_optimizers(self.model, *learning_rates(self.base_meta, cfg.lr_frac), cfg.weight_decay))
     self.reference = model_from_file(self.base_file, self.device).eval().requires_grad_(False) if cfg.kl_coef else None
     self.autocast = autocast_for(self.device, cfg.dtype)[0]
-    self.fwd = training_forward(self.model, self.device, self.world, cfg.compile)
-    self.engine = Engine(self.model, self.tokenizer)
+    self.engine = None if self.fsdp else Engine(self.model, self.tokenizer)  # sharded: `sampler` gathers a copy to sample from
     log_to, self.wandb_run = wandb_logger(cfg.run, self.rank, asdict(cfg), job_type="rl")
     loop = TrainLoop(self.optimizers, self.num_iterations, cfg.time_budget, cfg.warmup_ratio, cfg.warmdown_ratio, cfg.final_lr_frac,
                      rank=self.rank, on_log=log_to, where=f" in {checkpoints_dir() / cfg.output_tag}", model=self.model)
@@ -165,12 +168,12 @@ def start(self: Reinforcement) -> TrainLoop:
     if state is not None: loop.resume(state, cfg.output_tag); self.start_rates = state["start_rates"]
     return loop
 
-# %% ../nbs/19c_chat_rl.ipynb #2d26da3a
+# %% ../nbs/19c_chat_rl.ipynb #b84b8f6d
 @patch
 def rollouts(self: Reinforcement, step: int) -> list[list[dict]]:
     "This rank's groups of scored replies for optimiser step `step`, each reply with its `advantage`."
     cfg, prompts = self.cfg, self.step_prompts(step)
-    groups = sample_groups(self.engine, [(self.tasks[k], self.tasks[k][i]) for _, k, i in prompts], cfg.num_samples, cfg.max_tokens,
+    groups = sample_groups(self.sampler(), [(self.tasks[k], self.tasks[k][i]) for _, k, i in prompts], cfg.num_samples, cfg.max_tokens,
                            [cfg.seed * 1_000_003 + p for p, _, _ in prompts], temperature=cfg.temperature, top_k=cfg.top_k or None)
     for group in groups:
         for r, a in zip(group, group_advantages([r["reward"] for r in group], cfg.by_std).tolist()): r["advantage"] = a
@@ -222,7 +225,7 @@ def warn_errors(self: Reinforcement, loop: TrainLoop, groups: list[list[dict]], 
     loop.write(f"step {loop.step + 1:5d} | the checker raised on {errors} replies, scored 0: {first}")
     return errors
 
-# %% ../nbs/19c_chat_rl.ipynb #293b9e2f
+# %% ../nbs/19c_chat_rl.ipynb #2034dc00
 def pass_rates(engine, task, indices: list[int], k: int, rank: int = 0, world: int = 1, seed: int = 0, batch: int = 8, **sampling) -> list[float]:
     "Each prompt's fraction of `k` sampled replies the task's checker accepts (the ranks split the prompts, `batch` at a time; all get every rate)."
     mine, todo = {}, [(j, i) for j, i in enumerate(indices) if j % world == rank]
@@ -246,9 +249,9 @@ def pass_summary(rates: list[float], start: list[float]) -> dict:
 @patch
 def evaluate(self: Reinforcement, loop: TrainLoop):
     "pass@1 and pass@k of each task's held-out prompts, logged and printed."
-    cfg, k = self.cfg, self.cfg.eval_samples
+    cfg, k, engine = self.cfg, self.cfg.eval_samples, self.sampler()
     for name, task in zip(self.names, self.heldout):
-        rates = pass_rates(self.engine, task, problem_indices(task, cfg.eval_prompts), k, self.rank, self.world, seed=cfg.seed,
+        rates = pass_rates(engine, task, problem_indices(task, cfg.eval_prompts), k, self.rank, self.world, seed=cfg.seed,
                            max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None)
         s = pass_summary(rates, self.start_rates.setdefault(name, rates))
         loop.log(**{f"{name}_pass1": s["pass1"], f"{name}_pass1_se": s["pass1_se"], f"{name}_pass{k}": s["passk"],
@@ -256,7 +259,7 @@ def evaluate(self: Reinforcement, loop: TrainLoop):
         loop.write(f"step {loop.step:5d} | {name}: pass@1 {s['pass1']:.1%} ± {s['pass1_se']:.1%}, pass@{k} {s['passk']:.1%} "
                    f"on {len(rates)} held-out prompts; pass@1 since step 0 {s['gain']:+.1%} ± {s['gain_se']:.1%}")
 
-# %% ../nbs/19c_chat_rl.ipynb #407d472d
+# %% ../nbs/19c_chat_rl.ipynb #eff0f7dc
 @patch
 def train_state(self: Reinforcement, loop: TrainLoop) -> dict:
     "Everything a resumed run needs besides the weights."
@@ -265,7 +268,7 @@ def train_state(self: Reinforcement, loop: TrainLoop) -> dict:
 @patch
 def run_meta(self: Reinforcement, loop: TrainLoop) -> dict:
     "What the checkpoint's metadata records about the run."
-    return dict(train_config=asdict(self.cfg), tasks=self.names, history=loop.history, machine=machine(self.device, self.world),
+    return dict(train_config=asdict(self.cfg), tasks=self.names, history=loop.history, machine=machine(self.device, self.world), fsdp=self.fsdp,
                 answers={"questions": SAMPLE_QUESTIONS, "before": getattr(self, "before", None), "after": getattr(self, "after", None)})
 
 @patch

@@ -6,7 +6,7 @@
 __all__ = ['LRS', 'SAMPLE_QUESTIONS', 'step_scale', 'step_loss', 'SFTConfig', 'check_config', 'mixture_weights', 'parent_of',
            'FineTuning', 'learning_rates', 'train', 'main']
 
-# %% ../nbs/19a_chat_sft.ipynb #765df7eb
+# %% ../nbs/19a_chat_sft.ipynb #f28c084c
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -15,9 +15,12 @@ from fastcore.basics import patch
 from .chat_eval import TASKS, ChatEvalConfig, evaluate_tasks
 from .base_train import TrainConfig
 from .checkpoint import (check_tokenizer, checkpoint_files, checkpoints_dir, clear_checkpoints, complete_steps,
-                                  load_optimizer_state, load_train_state, model_from_file, save_checkpoint, split_tag, tokenizer_file)
+                                  load_optimizer_state, load_train_state, model_from_file, save_checkpoint, split_tag, tokenizer_file,
+                                  whole_model)
 from .engine import Engine
 from .evaluation import format_table, parse_tasks
+from .llama import LlamaConfig
+from .memory import use_fsdp
 from .optim import build_optimizers
 from .sft_data import CPU_MIXTURE, GPU_MIXTURE, SFTLoader, build_data, parse_mixture
 from .tasks import data_root
@@ -35,7 +38,7 @@ def step_loss(scored: int, grad_accum: int, world: int):
     scale = step_scale(scored, grad_accum, world)
     return lambda fwd, batch: fwd(batch[0], targets=batch[1], reduction="sum") * scale
 
-# %% ../nbs/19a_chat_sft.ipynb #235241c6
+# %% ../nbs/19a_chat_sft.ipynb #cf170fa4
 @dataclass
 class SFTConfig:
     "Everything a fine-tuning run needs; `None` means 'derive it'."
@@ -75,6 +78,8 @@ class SFTConfig:
     device: str = setting("auto", "cpu, cuda, mps or auto")
     dtype: str = setting("auto", "bfloat16 or float32 (auto: bfloat16 autocast on GPUs, float32 on CPU)")
     compile: bool | None = setting(None, "torch.compile the model (default: on GPUs only)")
+    fsdp: bool | None = setting(None, "shard the model and its optimiser state across the ranks with FSDP2 instead of DDP "
+                                      "(default: where the memory plan says DDP does not fit the GPU and FSDP2 does)")
     seed: int = setting(0, "random seed (mixture, held-out choice, row order)")
     dry_run: bool = setting(False, "build the mixture, print it and the plan, and exit")
 
@@ -88,7 +93,7 @@ def check_config(cfg: SFTConfig):
     check_dtype(cfg.dtype)
     parse_tasks(cfg.chat_eval_tasks, TASKS)
 
-# %% ../nbs/19a_chat_sft.ipynb #af0e9ca2
+# %% ../nbs/19a_chat_sft.ipynb #d08ef306
 def mixture_weights(cfg: SFTConfig, device) -> dict[str, float]:
     "The mixture's weights: `--mixture`, or the default for this device; `--data` adds the source 'data'."
     weights = parse_mixture(cfg.mixture or (GPU_MIXTURE if device.type == "cuda" else CPU_MIXTURE))
@@ -110,6 +115,7 @@ class FineTuning:
         self.seq_len = cfg.seq_len or context
         if self.seq_len > context: raise ValueError(f"--seq-len={self.seq_len} is longer than the model's context ({context} tokens)")
         self.plan_batch()
+        self.plan_parallel(self.seq_len)
         self.weights = mixture_weights(cfg, self.device)
         print0(f"data: {', '.join(self.weights)} from {data_root(cfg.data_dir) or 'the Hugging Face hub (--data-dir or $NANOLLAMA_DATA: local files)'}")
         self.data = build_data(cfg, self.tokenizer, self.weights, self.seq_len + 1, cfg.val_per_source, cfg.seed)
@@ -141,6 +147,13 @@ def plan_batch(self: FineTuning):
     self.grad_accum, self.rows_per_step = total // per_pass, total // self.seq_len
 
 @patch
+def plan_parallel(self: FineTuning, T: int):
+    "DDP or FSDP2 for micro-batches of `--device-batch-size` sequences of T tokens, as lesson 12b's memory plan says (or `--fsdp`)."
+    cfg = self.cfg
+    self.fsdp = use_fsdp(cfg.fsdp, LlamaConfig(**self.base_meta["config"]), cfg.device_batch_size, T, self.world, self.device,
+                         cfg.compile, cfg.dry_run)
+
+@patch
 def describe(self: FineTuning) -> str:
     "The plan, for the start of a run."
     cfg, n = self.cfg, len(self.data.train)
@@ -153,7 +166,7 @@ def describe(self: FineTuning) -> str:
         f"learning rates: {cfg.lr_frac} × the base run's, warmup {cfg.warmup_ratio}, warmdown {cfg.warmdown_ratio} to {cfg.final_lr_frac}; "
         + ("the base run's optimiser state" if cfg.base_optimizer else "a fresh optimiser state")])
 
-# %% ../nbs/19a_chat_sft.ipynb #6bf455ac
+# %% ../nbs/19a_chat_sft.ipynb #8222033f
 LRS = ("matrix_lr", "embedding_lr", "unembedding_lr")
 
 def learning_rates(meta: dict, lr_frac: float) -> list[float]:
@@ -201,12 +214,12 @@ def start(self: FineTuning) -> TrainLoop:
     cfg = self.cfg
     self.model, state = self.load()
     self.model.train()
-    self.optimizers = self.make_optimizers(self.model)
+    self.fwd = training_forward(self.model, self.device, self.world, cfg.compile, self.fsdp)
+    self.optimizers = self.make_optimizers(self.model)  # after sharding, which replaces the parameters
     self.loader = SFTLoader(self.data.train, cfg.device_batch_size, self.grad_accum, self.rank, self.world, cfg.seed, self.device)
     self.autocast = autocast_for(self.device, cfg.dtype)[0]
-    self.fwd = training_forward(self.model, self.device, self.world, cfg.compile)
     self.token_bytes = self.tokenizer.token_bytes().to(self.device)
-    self.engine = Engine(self.model, self.tokenizer)
+    self.engine = None if self.fsdp else Engine(self.model, self.tokenizer)  # see `sampler`
     self.model.train()  # the engine puts it in eval mode
     log_to, self.wandb_run = wandb_logger(cfg.run, self.rank, asdict(cfg), job_type="sft")
     loop = TrainLoop(self.optimizers, self.num_iterations, cfg.time_budget, cfg.warmup_ratio, cfg.warmdown_ratio, cfg.final_lr_frac,
@@ -227,7 +240,7 @@ def step(self: FineTuning, loop: TrainLoop) -> tuple[float, int]:
                           step_loss(scored, self.grad_accum, self.world))
     return loss, self.rows_per_step * self.seq_len
 
-# %% ../nbs/19a_chat_sft.ipynb #e96f0032
+# %% ../nbs/19a_chat_sft.ipynb #73ae76c1
 SAMPLE_QUESTIONS = ["Who are you?", "How do you spell 'garden'?", "How many 'r' are in 'strawberry'?", "What is 12 * 34?"]
 
 @patch
@@ -251,24 +264,30 @@ def chat_eval(self: FineTuning, loop: TrainLoop):
     names = parse_tasks(self.cfg.chat_eval_tasks, TASKS) if self.cfg.chat_eval_tasks else []
     if not names: return
     ec = ChatEvalConfig(max_per_task=self.cfg.chat_eval_max, data_dir=self.cfg.data_dir, max_tokens=96)
-    rows, _ = evaluate_tasks(names, self.engine, ec, self.rank, self.world)
+    rows, _ = evaluate_tasks(names, self.sampler(), ec, self.rank, self.world)
     self.model.train()
     loop.log(**{f"chat_{r['task']}": r["accuracy"] for r in rows}, **{f"stops_{r['task']}": r["stops"] for r in rows})
     loop.write(f"step {loop.step:5d} | chat_eval: " + ", ".join(f"{r['task']} {r['accuracy']:.0%} (ends its turn {r['stops']:.0%})" for r in rows))
 
 @patch
-def answers(self: FineTuning) -> list[str]:
-    "The model's greedy answers to `SAMPLE_QUESTIONS` (rank 0 computes them)."
-    out = ["".join(self.engine.chat([{"role": "user", "content": q}], max_tokens=48, temperature=0.0)) for q in SAMPLE_QUESTIONS]
+def sampler(self: FineTuning) -> Engine:
+    "The engine to sample from: over the model itself, or over a whole copy when FSDP2 shards it (then every rank calls, lesson 12)."
+    return Engine(whole_model(self.model), self.tokenizer) if self.fsdp else self.engine
+
+@patch
+def answers(self: FineTuning, engine: Engine) -> list[str]:
+    "The model's greedy answers to `SAMPLE_QUESTIONS`."
+    out = ["".join(engine.chat([{"role": "user", "content": q}], max_tokens=48, temperature=0.0)) for q in SAMPLE_QUESTIONS]
     self.model.train()
     return out
 
-# %% ../nbs/19a_chat_sft.ipynb #81daadd7
+# %% ../nbs/19a_chat_sft.ipynb #449b495f
 @patch
 def show_answers(self: FineTuning, loop: TrainLoop):
     "Sample answers: remembered at the start, printed beside the start's at the end (rank 0)."
+    engine = self.sampler() if self.rank == 0 or self.fsdp else None  # gathering a sharded model takes every rank
     if self.rank != 0: return
-    now = self.answers()
+    now = self.answers(engine)
     if loop.step == 0 and not hasattr(self, "before"): self.before = now; return
     for q, a, b in zip(SAMPLE_QUESTIONS, getattr(self, "before", [None] * len(now)), now):
         loop.write(f"  {q}\n    before: {a!r}\n    after:  {b!r}" if a is not None else f"  {q}\n    {b!r}")
@@ -282,13 +301,13 @@ def train_state(self: FineTuning, loop: TrainLoop) -> dict:
 @patch
 def run_meta(self: FineTuning, loop: TrainLoop) -> dict:
     "What the checkpoint's metadata records about the run: its settings, data, curves and answers."
-    return dict(train_config=asdict(self.cfg), mixture=self.data.table, history=loop.history, machine=machine(self.device, self.world),
+    return dict(train_config=asdict(self.cfg), mixture=self.data.table, history=loop.history, machine=machine(self.device, self.world), fsdp=self.fsdp,
                 answers={"questions": SAMPLE_QUESTIONS, "before": getattr(self, "before", None), "after": getattr(self, "after", None)})
 
 @patch
 def save(self: FineTuning, loop: TrainLoop, best: bool = False):
-    "Save the model with its lineage (this stage, the model it started from as parent) and, unless it is the best-so-far copy, the state to resume from (rank 0)."
-    if self.rank != 0 or (not best and loop.step == loop.last_saved): return
+    "Save the model with its lineage (this stage, the model it started from as parent) and, unless it is the best-so-far copy, the state to resume from (rank 0, or every rank under FSDP2)."
+    if (self.rank != 0 and not self.fsdp) or (not best and loop.step == loop.last_saved): return
     metrics = {k: v for k, v in loop.metrics.items() if k not in ("step", "elapsed", "tok_s", "mfu")}
     save_checkpoint(self.cfg.output_tag, loop.step, self.model, None if best else self.train_state(loop), self.run_meta(loop),
                     tokenizer_file=self.tokenizer_path, stage=self.stage, parent=parent_of(self.base_meta, self.cfg.model_tag),

@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['is_sharded', 'in_slices', 'optimizer_state', 'load_optimizer_state', 'checkpoints_dir', 'fingerprint', 'full_weights',
-           'save_sharded_state', 'save_checkpoint', 'clear_checkpoints', 'complete_steps', 'split_tag',
-           'resolve_model_tag', 'read_checkpoint_file', 'model_from_file', 'checkpoint_files', 'check_tokenizer',
-           'load_model', 'load_train_state', 'tokenizer_file']
+           'whole_model', 'save_sharded_state', 'save_checkpoint', 'clear_checkpoints', 'complete_steps', 'split_tag',
+           'resolve_model_tag', 'read_checkpoint_file', 'model_from_file', 'model_from_weights', 'checkpoint_files',
+           'check_tokenizer', 'load_model', 'load_train_state', 'tokenizer_file']
 
 # %% ../nbs/12_checkpoint.ipynb #cd3befaa
 import hashlib
@@ -47,7 +47,7 @@ def load_optimizer_state(model, optimizers, saved):
     whole = is_sharded(model) and not any(isinstance(t, DTensor) for s in saved["state"].values() for t in s.values())
     set_optimizer_state_dict(in_slices(model), optimizers, saved, options=StateDictOptions(full_state_dict=whole))  # whole: slice it
 
-# %% ../nbs/12_checkpoint.ipynb #488c39b3
+# %% ../nbs/12_checkpoint.ipynb #13258a31
 def checkpoints_dir() -> Path:
     "Where model tags live: `base_dir()/checkpoints`."
     return base_dir() / "checkpoints"
@@ -60,6 +60,12 @@ def full_weights(model) -> dict:
     "The model's whole state dict; a sharded model is gathered onto rank 0 (every rank calls; the others get `{}`)."
     if not is_sharded(model): return model.state_dict()
     return get_model_state_dict(in_slices(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+def whole_model(model) -> Llama:
+    "`model`; or, when FSDP2 shards it, a whole copy on every rank (every rank calls): to sample from, as each rank samples on its own."
+    if not is_sharded(model): return model
+    weights = get_model_state_dict(in_slices(model), options=StateDictOptions(full_state_dict=True))
+    return model_from_weights(model.config, weights, model.lm_head.weight.device).eval()
 
 def save_sharded_state(path: Path, train_state: dict, rank: int):
     "A training state whose optimiser state is sharded: each rank's slices with DCP, the rest from rank 0 (every rank calls)."
@@ -126,7 +132,7 @@ def resolve_model_tag(model_tag: str | None = None, root=None) -> Path:
     have = ", ".join(available) or "none (train one first: python -m nanollama.base_train)"
     raise FileNotFoundError(f"no checkpoint for {wanted} in {root}; available: {have}")
 
-# %% ../nbs/12_checkpoint.ipynb #0ac545ce
+# %% ../nbs/12_checkpoint.ipynb #f500346a
 def read_checkpoint_file(path) -> dict:
     "`torch.load(path, weights_only=True)` with errors that name the file."
     path = Path(path)
@@ -141,10 +147,13 @@ def model_from_file(path, device="cpu") -> Llama:
         raise ValueError(f"{path} is not a nanollama model checkpoint (expected 'config' and 'model' entries)")
     unknown = sorted(set(ckpt["config"]) - {f.name for f in fields(LlamaConfig)})
     if unknown: raise ValueError(f"{path}: unknown config keys {', '.join(unknown)} (written by a newer nanollama?)")
-    config = LlamaConfig(**ckpt["config"])
-    with torch.device("meta"): model = Llama(config)  # shapes only: the weights come from the file
-    try: model.load_state_dict(ckpt["model"], assign=True)
+    try: return model_from_weights(LlamaConfig(**ckpt["config"]), ckpt["model"], device)
     except RuntimeError as e: raise ValueError(f"{path} does not match its own config: {e}") from None
+
+def model_from_weights(config: LlamaConfig, weights: dict, device="cpu") -> Llama:
+    "A model of `config` holding `weights` (its state dict), adopted as they are."
+    with torch.device("meta"): model = Llama(config)  # shapes only: the weights come from the caller
+    model.load_state_dict(weights, assign=True)
     model.init_rope()
     return model.to(device)
 

@@ -1,5 +1,6 @@
-"""chat_rl end to end through its command line on a tiny fine-tuned model: two processes under torchrun against one,
-exact resume, lineage, a checker that raises, replies cut at the length limit, and one-line errors for bad input."""
+"""chat_rl end to end through its command line on a tiny fine-tuned model: two processes under torchrun (DDP and FSDP2)
+against one, exact resume, lineage, a checker that raises, replies cut at the length limit, and one-line errors for
+bad input."""
 import json, shutil
 
 import pytest
@@ -56,11 +57,14 @@ def test_torchrun_two_ranks_match_one_process_and_lineage(base_dir):
     run(base_dir, toy, *RL, "--device-batch-size=8", "--output-tag=single")
     r = run(base_dir, toy, *RL, "--device-batch-size=4", "--output-tag=ddp", torchrun=2)
     assert "done: 4 steps" in r.stdout
-    single, ddp = meta(base_dir, "single"), meta(base_dir, "ddp")
-    assert single["step"] == ddp["step"] == 4
-    assert steps(single, "reward") == steps(ddp, "reward") and steps(single, "Toy_pass1") == steps(ddp, "Toy_pass1")
+    r = run(base_dir, toy, *RL, "--device-batch-size=4", "--output-tag=fsdp", "--fsdp", torchrun=2)
+    assert "data parallel: FSDP2" in r.stdout  # rollouts sampled from gathered copies
+    single, ddp, fsdp = meta(base_dir, "single"), meta(base_dir, "ddp"), meta(base_dir, "fsdp")
+    assert single["step"] == ddp["step"] == fsdp["step"] == 4 and fsdp["fsdp"]
+    for other in (ddp, fsdp):
+        assert steps(single, "reward") == steps(other, "reward") and steps(single, "Toy_pass1") == steps(other, "Toy_pass1")
+        for a, b in zip(steps(single, "loss"), steps(other, "loss")): assert abs(a - b) < 1e-5
     assert len(set(steps(single, "reward"))) > 1 and min(steps(single, "zero_var")) < 1  # groups had something to learn
-    for a, b in zip(steps(single, "loss"), steps(ddp, "loss")): assert abs(a - b) < 1e-5
     assert single["stage"] == "rl" and single["parent"]["tag"] == "sft" and single["parent"]["stage"] == "sft"
     assert [h["step"] for h in single["history"] if "Toy_pass1" in h] == [0, 2, 4]
     assert {"reward", "zero_var", "length", "cut", "sample_tok_s", "lr"} <= set(single["history"][1])

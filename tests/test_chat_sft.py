@@ -1,5 +1,5 @@
-"""chat_sft end to end through its command line on a tiny base model: two processes under torchrun against one with
-the same global batch, exact resume, the learning rate with gradient accumulation, the loss of a micro-batch with
+"""chat_sft end to end through its command line on a tiny base model: two processes under torchrun (DDP and FSDP2)
+against one with the same global batch, exact resume, the learning rate with gradient accumulation, the loss of a micro-batch with
 nothing to learn, lineage, and one-line errors for bad input before any training."""
 import json, os
 from dataclasses import asdict
@@ -33,9 +33,12 @@ def test_torchrun_two_ranks_match_one_process_and_lineage(base_dir):
     run(base_dir, "nanollama.chat_sft", *SFT, "--device-batch-size=4", "--total-batch-size=512", "--output-tag=single")
     r = run(base_dir, "nanollama.chat_sft", *SFT, "--device-batch-size=2", "--total-batch-size=512", "--output-tag=ddp", torchrun=2)
     assert "done: 4 steps" in r.stdout
-    single, ddp = meta(base_dir, "single"), meta(base_dir, "ddp")
-    assert single["step"] == ddp["step"] == 4
-    for k in ("loss", "val_bpb"): assert abs(single["metrics"][k] - ddp["metrics"][k]) < 1e-5, k
+    r = run(base_dir, "nanollama.chat_sft", *SFT, "--device-batch-size=2", "--total-batch-size=512", "--output-tag=fsdp", "--fsdp", torchrun=2)
+    assert "data parallel: FSDP2" in r.stdout and "after:" in r.stdout  # answers sampled from the gathered copy
+    single, ddp, fsdp = meta(base_dir, "single"), meta(base_dir, "ddp"), meta(base_dir, "fsdp")
+    assert single["step"] == ddp["step"] == fsdp["step"] == 4 and fsdp["fsdp"] and not ddp["fsdp"]
+    for k in ("loss", "val_bpb"): assert abs(single["metrics"][k] - ddp["metrics"][k]) < 1e-5 and abs(fsdp["metrics"][k] - ddp["metrics"][k]) < 1e-5, k
+    assert (base_dir / "checkpoints" / "fsdp" / "state_000004" / ".metadata").is_file()
     assert single["stage"] == "sft" and single["parent"]["tag"] == "base" and single["parent"]["stage"] == "base"
     assert [h["step"] for h in single["history"] if "val_bpb" in h] == [0, 2, 4]
     assert single["mixture"][0]["source"] == "identity" and single["train_config"]["output_tag"] == "single"
