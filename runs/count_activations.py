@@ -10,7 +10,7 @@ from nanollama.llama import Llama, LlamaConfig
 from nanollama.memory import compiled_activation_bytes, saved_activation_bytes
 
 SHAPES = [(dict(vocab_size=512, n_layer=2, n_embd=192, n_head=3, n_kv_head=1, max_seq_len=128), 4, 128),
-          (dict(vocab_size=1000, n_layer=3, n_embd=256, n_head=4, n_kv_head=2, max_seq_len=96, softcap=0.0), 3, 96),
+          (dict(vocab_size=1000, n_layer=3, n_embd=256, n_head=4, n_kv_head=2, max_seq_len=96, softcap=0.0), 8, 96),
           (dict(vocab_size=512, n_layer=2, n_embd=192, n_head=6, n_kv_head=3, max_seq_len=128, qk_norm=False), 4, 128),
           (dict(vocab_size=32000, n_layer=2, n_embd=192, n_head=3, n_kv_head=1, max_seq_len=160), 2, 160)]
 
