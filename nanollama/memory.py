@@ -16,12 +16,12 @@ import torch
 from .llama import Llama, LlamaConfig, series_table
 from .train import print0
 
-# %% ../nbs/12b_memory.ipynb #b6561318
+# %% ../nbs/12b_memory.ipynb #d36bcb22
 GiB = 2**30
 
 @cache  # a config is frozen, so hashable: the series table asks for each one many times
 def parameter_counts(config: LlamaConfig) -> dict:
-    "Parameters by who trains them: the blocks' matrices (Muon), the rest (AdamW), and the largest block."
+    "Parameters by who trains them: the blocks' matrices (Muon), the rest (AdamW); and those of one block."
     with torch.device("meta"): model = Llama(config)
     matrices = sum(p.numel() for p in model.layers.parameters() if p.ndim == 2)
     return dict(matrices=matrices, other=model.num_params() - matrices, block=sum(p.numel() for p in model.layers[0].parameters()))

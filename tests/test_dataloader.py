@@ -86,10 +86,16 @@ def test_resume_is_exact(positions, world, rank):
 
 
 def test_resume_refuses_a_different_loader(positions):
-    state = DataLoader(positions, 3, 20, seed=1).state_dict()
+    loader = DataLoader(positions, 3, 20, seed=1)
+    next(loader)
+    state = loader.state_dict()
     with pytest.raises(ValueError, match="T=20"): DataLoader(positions, 3, 10, seed=1).load_state_dict(state)
-    with pytest.raises(ValueError, match="world=1"): DataLoader(positions, 3, 20, seed=1, world=2).load_state_dict(state)
+    with pytest.raises(ValueError, match="the 3 rows read by 1 ranks do not split evenly across 2"):
+        DataLoader(positions, 3, 20, seed=1, world=2).load_state_dict(state)
     DataLoader(positions, 6, 20, seed=1).load_state_dict(state)  # a different batch size is fine: the state counts rows
+    three = DataLoader(positions, 1, 20, seed=1, rank=2, world=3)
+    three.load_state_dict(state)  # 3 ranks share the global stream from row 3 on: this one's next row is row 3 + 2
+    assert torch.equal(next(three)[0][0], torch.from_numpy(loader.rows[5][:-1].astype("int64")))
 
 
 @pytest.mark.parametrize("ratio", [0.2, 0.05, 0.33, 0.5])
