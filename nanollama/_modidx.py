@@ -541,6 +541,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                   'nanollama/memory.py'),
                                   'nanollama.memory.describe_memory': ('memory.html#describe_memory', 'nanollama/memory.py'),
                                   'nanollama.memory.eager_activation_bytes': ('memory.html#eager_activation_bytes', 'nanollama/memory.py'),
+                                  'nanollama.memory.fsdp_setting': ('memory.html#fsdp_setting', 'nanollama/memory.py'),
                                   'nanollama.memory.largest_micro_batch': ('memory.html#largest_micro_batch', 'nanollama/memory.py'),
                                   'nanollama.memory.main': ('memory.html#main', 'nanollama/memory.py'),
                                   'nanollama.memory.memory_columns': ('memory.html#memory_columns', 'nanollama/memory.py'),

@@ -7,7 +7,7 @@ __all__ = ['DEFAULT_VOCAB', 'MAX_USEFUL_PASSES', 'SAMPLE_PROMPTS', 'TrainConfig'
            'check_config', 'prepare_data', 'make_loaders', 'passes_over_data', 'passes_note', 'capped_plan',
            'add_dropout', 'describe', 'Pretraining', 'make_optimizers', 'sample', 'train', 'main']
 
-# %% ../nbs/13_base_train.ipynb #0a8bc06a
+# %% ../nbs/13_base_train.ipynb #d716bbe8
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -15,19 +15,20 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from fastcore.basics import patch
-from .checkpoint import checkpoints_dir, clear_checkpoints, complete_steps, load_train_state, model_from_file, save_checkpoint
+from .checkpoint import (checkpoints_dir, clear_checkpoints, complete_steps, load_train_state, model_from_file, save_checkpoint,
+                                  whole_model)
 from .dataloader import DataLoader, personality_tokens
 from .dataset import pretokenize, shard_paths, tokens_dir
 from .gpt2 import GPT2, gpt2_optimizers
 from .llama import Llama, LlamaConfig
-from .memory import use_fsdp
+from .memory import fsdp_setting, use_fsdp
 from .optim import adamw_lr_scale, build_optimizers
 from .tasks import PERSONALITY_DIR, load_conversations
 from .tokenizer import default_tokenizer_path, get_tokenizer
 from .train import (Hook, TrainLoop, autocast_for, check_dtype, check_ranges, drive, evaluate_bpb, mfu_meter, optimizer_step,
                              machine, parse_config, print0, setting, setup_device, stage_main, training_forward, wandb_logger)
 
-# %% ../nbs/13_base_train.ipynb #d5f57934
+# %% ../nbs/13_base_train.ipynb #a3eaea2f
 DEFAULT_VOCAB = LlamaConfig.vocab_size  # what tok_train makes unless told otherwise
 MAX_USEFUL_PASSES = 4  # Muennighoff et al. (2023): repeated data is worth nearly as much as fresh up to about 4 passes
 
@@ -78,8 +79,7 @@ class TrainConfig:
     device: str = setting("auto", "cpu, cuda, mps or auto")
     dtype: str = setting("auto", "bfloat16 or float32 (auto: bfloat16 autocast on GPUs, float32 on CPU; bfloat16 is faster on CPUs with AMX)")
     compile: bool | None = setting(None, "torch.compile the model (default: on GPUs only)")
-    fsdp: bool | None = setting(None, "shard weights, gradients and optimiser state across the ranks with FSDP2 instead of DDP "
-                                      "(default: where the memory plan says DDP does not fit the GPU and FSDP2 does)")
+    fsdp: bool | None = fsdp_setting()
     seed: int = setting(42, "random seed (model init and data order)")
     dry_run: bool = setting(False, "print the derived configuration and exit (with WORLD_SIZE=N set: as on N devices)")
 
@@ -284,7 +284,7 @@ def step(self: Pretraining, loop: TrainLoop) -> tuple[float, int]:
     loss = optimizer_step(self.fwd, lambda: next(self.train_loader), self.plan.grad_accum, self.optimizers, self.autocast)
     return loss, self.plan.total_batch_size
 
-# %% ../nbs/13_base_train.ipynb #2bdbbdba
+# %% ../nbs/13_base_train.ipynb #18fc3ddb
 def sample(model, tokenizer, device, max_new_tokens: int = 48) -> list[str]:
     "Greedy continuations of a few prompts, and the model's answer to 'Who are you?'."
     prompts = [tokenizer.encode(p, bos=True) for p in SAMPLE_PROMPTS]
@@ -310,16 +310,17 @@ def evaluate(self: Pretraining, loop: TrainLoop):
 
 @patch
 def show_samples(self: Pretraining, loop: TrainLoop):
-    "Print the samples (rank 0; every rank computes them when the model is sharded)."
-    if self.rank != 0 and not self.fsdp: return
-    self.model.eval()
-    for s in sample(self.model, self.tokenizer, self.device): loop.write("  " + repr(s))
+    "Print the samples (rank 0; a sharded model is first gathered whole, which takes every rank: lesson 12)."
+    model = whole_model(self.model) if self.rank == 0 or self.fsdp else None
+    if self.rank != 0: return
+    model.eval()
+    for s in sample(model, self.tokenizer, self.device): loop.write("  " + repr(s))
     self.model.train()
 
 @patch
 def save(self: Pretraining, loop: TrainLoop, best: bool = False):
-    "Save the model with its lineage, and (unless it is the best-so-far copy) the state to resume from (rank 0, or every rank under FSDP2)."
-    if (self.rank != 0 and not self.fsdp) or (not best and loop.step == loop.last_saved): return
+    "Save the model with its lineage, and (unless it is the best-so-far copy) the state to resume from (every rank calls)."
+    if not best and loop.step == loop.last_saved: return
     tc, metrics = self.tc, {k: loop.metrics.get(k) for k in ("val_bpb", "loss")}
     state = None if best else dict(loop.state_dict(), loader=self.train_loader.state_dict(), best_val_bpb=self.best, train_config=asdict(tc))
     meta = dict(train_config=asdict(tc), history=loop.history, machine=machine(self.device, self.world), fsdp=self.fsdp)

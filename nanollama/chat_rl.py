@@ -6,7 +6,7 @@
 __all__ = ['RL_TASKS', 'CPU_TASKS', 'GPU_TASKS', 'RLTask', 'RLConfig', 'check_config', 'epoch_order', 'Reinforcement',
            'rollout_counts', 'step_measurements', 'pass_rates', 'mean_and_se', 'pass_summary', 'train', 'main']
 
-# %% ../nbs/19c_chat_rl.ipynb #15af7256
+# %% ../nbs/19c_chat_rl.ipynb #c6fdf01a
 import hashlib
 import json
 import math
@@ -23,6 +23,7 @@ from .chat_sft import SAMPLE_QUESTIONS, FineTuning, learning_rates, step_scale
 from .checkpoint import checkpoints_dir, model_from_file
 from .engine import Engine
 from .evaluation import parse_tasks, sum_counts
+from .memory import fsdp_setting
 from .optim import build_optimizers
 from .rl import group_advantages, policy_batch, policy_loss, sample_groups
 from .synthetic import Arithmetic, GSMSymbolic, SpellingBee
@@ -44,7 +45,7 @@ RL_TASKS = {
 }
 CPU_TASKS, GPU_TASKS = "SpellingBee", "GSM8K"
 
-# %% ../nbs/19c_chat_rl.ipynb #15d5890b
+# %% ../nbs/19c_chat_rl.ipynb #195a7788
 @dataclass
 class RLConfig:
     "Everything an RL run needs; `None` means 'derive it'."
@@ -84,8 +85,7 @@ class RLConfig:
     device: str = setting("auto", "cpu, cuda, mps or auto")
     dtype: str = setting("auto", "bfloat16 or float32 (auto: bfloat16 autocast on GPUs, float32 on CPU)")
     compile: bool | None = setting(None, "torch.compile the model for the training passes (default: on GPUs only)")
-    fsdp: bool | None = setting(None, "shard the model and its optimiser state across the ranks with FSDP2 instead of DDP; rollouts "
-                                      "sample from a whole copy (default: where the memory plan says DDP does not fit and FSDP2 does)")
+    fsdp: bool | None = fsdp_setting()  # rollouts then sample from a whole copy (lesson 19a's `sampler`)
     seed: int = setting(0, "random seed (prompt order, sampling)")
     dry_run: bool = setting(False, "load the tasks, print the plan, and exit")
 

@@ -6,7 +6,7 @@
 __all__ = ['LRS', 'SAMPLE_QUESTIONS', 'step_scale', 'step_loss', 'SFTConfig', 'check_config', 'mixture_weights', 'parent_of',
            'FineTuning', 'learning_rates', 'train', 'main']
 
-# %% ../nbs/19a_chat_sft.ipynb #f28c084c
+# %% ../nbs/19a_chat_sft.ipynb #292cfa24
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -20,7 +20,7 @@ from .checkpoint import (check_tokenizer, checkpoint_files, checkpoints_dir, cle
 from .engine import Engine
 from .evaluation import format_table, parse_tasks
 from .llama import LlamaConfig
-from .memory import use_fsdp
+from .memory import fsdp_setting, use_fsdp
 from .optim import build_optimizers
 from .sft_data import CPU_MIXTURE, GPU_MIXTURE, SFTLoader, build_data, parse_mixture
 from .tasks import data_root
@@ -38,7 +38,7 @@ def step_loss(scored: int, grad_accum: int, world: int):
     scale = step_scale(scored, grad_accum, world)
     return lambda fwd, batch: fwd(batch[0], targets=batch[1], reduction="sum") * scale
 
-# %% ../nbs/19a_chat_sft.ipynb #cf170fa4
+# %% ../nbs/19a_chat_sft.ipynb #8f024465
 @dataclass
 class SFTConfig:
     "Everything a fine-tuning run needs; `None` means 'derive it'."
@@ -78,8 +78,7 @@ class SFTConfig:
     device: str = setting("auto", "cpu, cuda, mps or auto")
     dtype: str = setting("auto", "bfloat16 or float32 (auto: bfloat16 autocast on GPUs, float32 on CPU)")
     compile: bool | None = setting(None, "torch.compile the model (default: on GPUs only)")
-    fsdp: bool | None = setting(None, "shard the model and its optimiser state across the ranks with FSDP2 instead of DDP "
-                                      "(default: where the memory plan says DDP does not fit the GPU and FSDP2 does)")
+    fsdp: bool | None = fsdp_setting()
     seed: int = setting(0, "random seed (mixture, held-out choice, row order)")
     dry_run: bool = setting(False, "build the mixture, print it and the plan, and exit")
 
@@ -281,7 +280,7 @@ def answers(self: FineTuning, engine: Engine) -> list[str]:
     self.model.train()
     return out
 
-# %% ../nbs/19a_chat_sft.ipynb #449b495f
+# %% ../nbs/19a_chat_sft.ipynb #862e05c1
 @patch
 def show_answers(self: FineTuning, loop: TrainLoop):
     "Sample answers: remembered at the start, printed beside the start's at the end (rank 0)."
@@ -306,8 +305,8 @@ def run_meta(self: FineTuning, loop: TrainLoop) -> dict:
 
 @patch
 def save(self: FineTuning, loop: TrainLoop, best: bool = False):
-    "Save the model with its lineage (this stage, the model it started from as parent) and, unless it is the best-so-far copy, the state to resume from (rank 0, or every rank under FSDP2)."
-    if (self.rank != 0 and not self.fsdp) or (not best and loop.step == loop.last_saved): return
+    "Save the model with its lineage (this stage, the model it started from as parent) and, unless it is the best-so-far copy, the state to resume from (every rank calls)."
+    if not best and loop.step == loop.last_saved: return
     metrics = {k: v for k, v in loop.metrics.items() if k not in ("step", "elapsed", "tok_s", "mfu")}
     save_checkpoint(self.cfg.output_tag, loop.step, self.model, None if best else self.train_state(loop), self.run_meta(loop),
                     tokenizer_file=self.tokenizer_path, stage=self.stage, parent=parent_of(self.base_meta, self.cfg.model_tag),

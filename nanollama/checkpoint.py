@@ -47,7 +47,7 @@ def load_optimizer_state(model, optimizers, saved):
     whole = is_sharded(model) and not any(isinstance(t, DTensor) for s in saved["state"].values() for t in s.values())
     set_optimizer_state_dict(in_slices(model), optimizers, saved, options=StateDictOptions(full_state_dict=whole))  # whole: slice it
 
-# %% ../nbs/12_checkpoint.ipynb #13258a31
+# %% ../nbs/12_checkpoint.ipynb #0649e981
 def checkpoints_dir() -> Path:
     "Where model tags live: `base_dir()/checkpoints`."
     return base_dir() / "checkpoints"
@@ -82,9 +82,9 @@ def save_sharded_state(path: Path, train_state: dict, rank: int):
 def save_checkpoint(model_tag: str, step: int, model: Llama, train_state: dict | None = None, meta: dict | None = None,
                     tokenizer_file=None, root=None, stage: str | None = None, parent: dict | None = None,
                     metrics: dict | None = None, best: bool = False) -> Path:
-    "Save `model` (and optionally the state to resume training) as `step` of `model_tag`, or as its `best`; returns the directory."
+    "Save `model` (and optionally the state to resume training) as `step` of `model_tag`, or as its `best`; every rank calls, rank 0 writes."
     d, name = Path(root or checkpoints_dir()) / model_tag, "best" if best else f"{step:06d}"
-    weights, rank = full_weights(model), dist.get_rank() if is_sharded(model) else 0
+    weights, rank = full_weights(model), dist.get_rank() if dist.is_initialized() else 0
     if train_state is not None and is_sharded(model): save_sharded_state(d / f"state_{name}", train_state, rank)
     if rank != 0: return d
     with atomic_write(d / f"model_{name}.pt") as f:

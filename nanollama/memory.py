@@ -5,16 +5,17 @@
 # %% auto #0
 __all__ = ['GiB', 'HEADROOM', 'parameter_counts', 'model_state_bytes', 'saved_activation_bytes', 'eager_activation_bytes',
            'compiled_activation_bytes', 'activation_bytes', 'MemoryPlan', 'memory_plans', 'choose_fsdp',
-           'largest_micro_batch', 'describe_memory', 'use_fsdp', 'card_verdict', 'memory_columns', 'main']
+           'largest_micro_batch', 'describe_memory', 'fsdp_setting', 'use_fsdp', 'card_verdict', 'memory_columns',
+           'main']
 
-# %% ../nbs/12b_memory.ipynb #9a6e5f6c
+# %% ../nbs/12b_memory.ipynb #06ed56d8
 import math
 from dataclasses import dataclass
 from functools import cache
 from fastcore.script import CliError, call_parse
 import torch
 from .llama import Llama, LlamaConfig, series_table
-from .train import print0
+from .train import print0, setting
 
 # %% ../nbs/12b_memory.ipynb #d36bcb22
 GiB = 2**30
@@ -123,7 +124,12 @@ def describe_memory(config: LlamaConfig, B: int, T: int, world: int, compiled: b
             lines.append(f"  on {gb:.0f} GB cards neither fits: --device-batch-size={fitting} does with FSDP2")
     return "\n".join(lines)
 
-# %% ../nbs/12b_memory.ipynb #6b59379a
+# %% ../nbs/12b_memory.ipynb #29134031
+def fsdp_setting():
+    "Every training stage's `--fsdp` setting."
+    return setting(None, "shard weights, gradients and optimiser state across the ranks with FSDP2 instead of DDP "
+                         "(default: where the memory plan says DDP does not fit the GPU and FSDP2 does)")
+
 def use_fsdp(fsdp: bool | None, config: LlamaConfig, B: int, T: int, world: int, device, compile: bool | None = None,
              dry_run: bool = False) -> bool:
     "Whether a stage shards with FSDP2: `fsdp` as given, else where this GPU fits FSDP2 and not DDP; prints the plan (dry runs, GPUs) and the choice."
@@ -137,7 +143,7 @@ def use_fsdp(fsdp: bool | None, config: LlamaConfig, B: int, T: int, world: int,
         print0(f"data parallel: {how}" + ("" if on_gpu or fsdp is not None else " (on GPUs: FSDP2 where the plan says only FSDP2 fits)"))
     return sharded
 
-# %% ../nbs/12b_memory.ipynb #fafceff4
+# %% ../nbs/12b_memory.ipynb #23bbf227
 def card_verdict(config: LlamaConfig, B: int, T: int, world: int, gb: int, compiled: bool = True) -> str:
     "What trains on a card of `gb` GB: DDP, FSDP2 (DDP does not fit), or a smaller micro-batch."
     ddp, fsdp = memory_plans(config, B, T, world, compiled)
@@ -147,8 +153,9 @@ def card_verdict(config: LlamaConfig, B: int, T: int, world: int, gb: int, compi
 
 def memory_columns(B: int = 8, T: int = 2048, world: int = 8, compiled: bool = True) -> dict:
     "Columns for lesson 05's `series_table`: DDP's and FSDP2's GiB per GPU, and the verdict for 40 and 80 GB cards."
-    gib = lambda i: lambda c: f"{memory_plans(c, B, T, world, compiled)[i].total / GiB:.1f} GiB"
-    return {"DDP/GPU": gib(0), "FSDP2/GPU": gib(1), **{f"{gb} GB": (lambda c, gb=gb: card_verdict(c, B, T, world, gb, compiled)) for gb in (40, 80)}}
+    def total(c, how): return f"{memory_plans(c, B, T, world, compiled)[how].total / GiB:.1f} GiB"
+    return {"DDP/GPU": lambda c: total(c, 0), "FSDP2/GPU": lambda c: total(c, 1),
+            "40 GB": lambda c: card_verdict(c, B, T, world, 40, compiled), "80 GB": lambda c: card_verdict(c, B, T, world, 80, compiled)}
 
 # %% ../nbs/12b_memory.ipynb #ad24905a
 @call_parse
